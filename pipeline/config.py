@@ -1,0 +1,232 @@
+"""The one typed configuration of avfuse.
+
+Sources, later ones winning: built-in defaults, a YAML file (``-c``),
+environment variables ``AVFUSE__SECTION__KEY=value``, and ``--set section.key=value``.
+Values from the environment and ``--set`` are parsed as YAML scalars, so
+``--set video.fps=2`` gives a float and ``--set records.windows=true`` a bool.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "AVFUSE__"
+
+
+class Section(BaseModel):
+    # A typo in a key must fail, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class VideoConfig(Section):
+    fps: float = Field(4.0, gt=0, description="frames kept per second of media, chosen by PTS")
+    image_size: int = Field(128, ge=32, description="kept frames are converted to RGB at this square size")
+
+
+class AudioConfig(Section):
+    sample_rate_hz: int = Field(16000, description="PyAV resamples audio to this rate, mono float32")
+    token_s: float = Field(0.1, gt=0, description="one audio token (and one audio row) per this many seconds")
+
+
+class DecodeConfig(Section):
+    chunk_s: float = Field(1.0, gt=0, description="media seconds per decoded chunk")
+    threads: int = Field(0, ge=0, description="PyAV decoder threads; 0 lets FFmpeg choose")
+    max_inflight_chunks: int = Field(3, ge=1, description="decoded chunks in flight per stream (bounds memory)")
+    realtime: bool = Field(False, description="pace decoding at media speed, as a live source would")
+
+
+class VisionEncoderConfig(Section):
+    backbone: str = Field("mobilenet_v3_small", description="torchvision classification architecture")
+    checkpoint: str | None = Field(None, description="weights: a torchvision state_dict or an avfuse checkpoint")
+    embed_dim: int = 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class AudioEncoderConfig(Section):
+    checkpoint: str | None = None
+    n_mels: int = 64
+    n_fft: int = 400
+    hop_length: int = 160
+    embed_dim: int = 256
+
+
+class FusionConfig(Section):
+    strategy: Literal["cross_attention", "concat", "weighted"] = "cross_attention"
+    checkpoint: str | None = None
+    dim: int = 256
+    heads: int = 4
+
+
+class AlignConfig(Section):
+    window_s: float = Field(2.0, gt=0)
+    hop_s: float = Field(1.0, gt=0)
+    max_skew_s: float = Field(4.0, gt=0, description="a modality lagging more than this is masked as missing")
+
+    @model_validator(mode="after")
+    def _hop_fits_window(self) -> "AlignConfig":
+        if self.hop_s > self.window_s:
+            raise ValueError("align.hop_s must not exceed align.window_s")
+        return self
+
+
+class BatchingConfig(Section):
+    max_batch_frames: int = Field(128, ge=1, description="vision batch: frames across streams")
+    max_batch_audio_rows: int = Field(512, ge=1, description="audio batch: token rows across streams")
+    max_batch_windows: int = Field(64, ge=1, description="fusion batch: windows across streams")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batcher waits for more requests")
+
+
+class SceneCutConfig(Section):
+    enabled: bool = True
+    threshold: float = Field(0.35, description="colour-histogram distance (0..1) that starts a cut")
+    min_scene_s: float = Field(0.6, description="a change that reverts sooner is no cut")
+
+
+class BlackVideoConfig(Section):
+    enabled: bool = True
+    max_luma: float = 0.08
+    min_duration_s: float = 0.5
+
+
+class FrozenVideoConfig(Section):
+    enabled: bool = True
+    max_motion: float = 0.004
+    min_duration_s: float = 1.0
+
+
+class SilenceConfig(Section):
+    enabled: bool = True
+    enter_dbfs: float = -50.0
+    exit_dbfs: float = -45.0
+    min_duration_s: float = 0.5
+
+
+class LoudOnsetConfig(Section):
+    enabled: bool = True
+    rise_db: float = 15.0
+    min_dbfs: float = -30.0
+    baseline_s: float = 0.5
+
+
+class MotionBurstConfig(Section):
+    enabled: bool = True
+    threshold: float = 0.12
+    merge_gap_s: float = 0.6
+
+
+class DetectorsConfig(Section):
+    scene_cut: SceneCutConfig = SceneCutConfig()
+    black_video: BlackVideoConfig = BlackVideoConfig()
+    frozen_video: FrozenVideoConfig = FrozenVideoConfig()
+    silence: SilenceConfig = SilenceConfig()
+    loud_onset: LoudOnsetConfig = LoudOnsetConfig()
+    motion_burst: MotionBurstConfig = MotionBurstConfig()
+
+
+class RecordsConfig(Section):
+    summary_every_s: float = Field(30.0, gt=0, description="stream seconds between summary records")
+    top_moments: int = Field(5, ge=0)
+    windows: bool = Field(False, description="also emit one `window` record per fused window")
+    jsonl: str | None = Field(None, description="append records to this JSONL file")
+    stdout: bool = Field(True, description="print events and summaries in human-readable form")
+
+
+class RuntimeConfig(Section):
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    ray_address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:10001 joins one")
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray; None lets Ray count them")
+    encoder_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each shared encoder actor on a cluster")
+
+
+class Config(Section):
+    video: VideoConfig = VideoConfig()
+    audio: AudioConfig = AudioConfig()
+    decode: DecodeConfig = DecodeConfig()
+    vision: VisionEncoderConfig = VisionEncoderConfig()
+    audio_encoder: AudioEncoderConfig = AudioEncoderConfig()
+    fusion: FusionConfig = FusionConfig()
+    align: AlignConfig = AlignConfig()
+    batching: BatchingConfig = BatchingConfig()
+    detectors: DetectorsConfig = DetectorsConfig()
+    records: RecordsConfig = RecordsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message is one line for the user."""
+
+
+def _parse_scalar(text: str) -> Any:
+    value = yaml.safe_load(text) if text.strip() else ""
+    return value
+
+
+def _set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
+    parts = [p for p in dotted_key.split(".") if p]
+    if not parts:
+        raise ConfigError(f"empty config key in {dotted_key!r}")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted_key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _overrides_from_env(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX):
+            dotted = ".".join(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+            pairs.append((dotted, _parse_scalar(raw)))
+    return sorted(pairs)
+
+
+def _overrides_from_sets(sets: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        pairs.append((key.strip(), _parse_scalar(raw)))
+    return pairs
+
+
+def load_config(
+    path: str | Path | None = None,
+    sets: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config from defaults, YAML, environment and ``--set`` items."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        tree = loaded
+    for dotted, value in _overrides_from_env(os.environ if environ is None else environ):
+        _set_dotted(tree, dotted, value)
+    for dotted, value in _overrides_from_sets(sets or []):
+        _set_dotted(tree, dotted, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"config {where}: {first['msg']}") from None
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

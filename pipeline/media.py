@@ -1,0 +1,92 @@
+"""What flows between stages: decoded media chunks and encoded token sequences.
+
+Every time here is in seconds on the stream clock: PTS x time_base minus the
+start of the media (the earliest start among the selected streams), so video
+and audio of one stream share one clock. Arrays are numpy so that Ray moves
+them through its object store without copying (zero-copy reads on a node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class VideoFrames:
+    """Kept video frames of one chunk.
+
+    frames_rgb_u8: [N, H, W, 3] uint8, RGB, already at the encoder's square size.
+    pts_s:         [N] float64, presentation time of each frame.
+    """
+
+    frames_rgb_u8: np.ndarray
+    pts_s: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.pts_s.shape[0])
+
+
+@dataclass
+class AudioRows:
+    """Audio of one chunk cut into fixed rows, one row per audio token.
+
+    samples_f32:    [K, R] float32 mono in [-1, 1], R = sample_rate_hz * token_s.
+    start_s:        [K] float64, time of each row's first sample. Rows are
+                    contiguous except across a gap in the source PTS.
+    sample_rate_hz: samples per second of every row.
+    """
+
+    samples_f32: np.ndarray
+    start_s: np.ndarray
+    sample_rate_hz: int
+
+    def __len__(self) -> int:
+        return int(self.start_s.shape[0])
+
+    @property
+    def row_s(self) -> float:
+        return self.samples_f32.shape[1] / self.sample_rate_hz
+
+
+@dataclass
+class MediaChunk:
+    """One step of one stream's decoding, as a decode actor returns it.
+
+    The watermarks say that no later chunk will carry media of that modality
+    earlier than the given time; ``*_done`` says the modality has ended (or is
+    absent: a video-only file has ``audio_done=True`` from its first chunk).
+    """
+
+    stream_id: str
+    seq: int
+    video: VideoFrames | None
+    audio: AudioRows | None
+    video_watermark_s: float
+    audio_watermark_s: float
+    video_done: bool
+    audio_done: bool
+    frames_decoded: int = 0
+    audio_decoded_s: float = 0.0
+    received_wall_s: float = 0.0  # time.time() when the chunk's first packet was read
+    errors: list[str] = field(default_factory=list)  # one-line reasons of recoverable decode errors
+
+    @property
+    def finished(self) -> bool:
+        return self.video_done and self.audio_done
+
+
+@dataclass
+class TokenSeq:
+    """Encoder output for one stream and one modality.
+
+    tokens_f32: [N, D] float32 embeddings.
+    t_s:        [N] float64, the time each token stands for (frame PTS; audio row start).
+    """
+
+    tokens_f32: np.ndarray
+    t_s: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.t_s.shape[0])

@@ -1,0 +1,134 @@
+"""Output records: dataclasses whose JSON form is checked by ``pipeline/schemas/*.schema.json``.
+
+Every record carries ``schema`` ("avfuse.<type>/<version>") and ``stream_id``;
+sinks key Kafka messages by ``stream_id``. Event ids are deterministic (a UUIDv5
+of stream, label and start in milliseconds) so that a replay after a crash
+produces the same ids and consumers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+_EVENT_NAMESPACE = uuid.UUID("5b0f3c1e-6a1d-4f5e-9a59-6176667573e1")  # fixed forever: ids depend on it
+
+
+def event_id(stream_id: str, label: str, start_s: float) -> str:
+    start_ms = int(round(start_s * 1000.0))
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{stream_id}|{label}|{start_ms}"))
+
+
+@dataclass
+class Record:
+    record_type: ClassVar[str] = "record"
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        return {"schema": f"avfuse.{self.record_type}/{SCHEMA_VERSION}", "type": self.record_type, **body}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class StreamStart(Record):
+    record_type: ClassVar[str] = "stream_start"
+    stream_id: str
+    uri: str
+    started_at: float  # unix seconds
+    duration_s: float | None
+    video: dict[str, Any] | None  # codec, width, height, avg_fps
+    audio: dict[str, Any] | None  # codec, sample_rate_hz, channels
+
+
+@dataclass
+class Event(Record):
+    record_type: ClassVar[str] = "event"
+    stream_id: str
+    label: str
+    start_s: float
+    end_s: float
+    confidence: float
+    detector: str
+    detector_version: str
+    event_id: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.event_id:
+            self.event_id = event_id(self.stream_id, self.label, self.start_s)
+
+
+@dataclass
+class Summary(Record):
+    record_type: ClassVar[str] = "summary"
+    stream_id: str
+    final: bool
+    processed_s: float  # stream seconds covered so far
+    wall_s: float
+    speed_x_realtime: float
+    counts_by_label: dict[str, int]
+    silence_s: float
+    black_s: float
+    frozen_s: float
+    scenes: int
+    windows: int
+    partial_windows: int
+    top_moments: list[dict[str, Any]]
+
+
+@dataclass
+class StreamEnd(Record):
+    record_type: ClassVar[str] = "stream_end"
+    stream_id: str
+    status: str  # ok | failed | interrupted
+    reason: str | None
+    processed_s: float
+    wall_s: float
+    events: int
+    frames_decoded: int
+    frames_kept: int
+    decode_errors: int
+
+
+@dataclass
+class Error(Record):
+    record_type: ClassVar[str] = "error"
+    stream_id: str
+    stage: str  # open | decode | encode | fuse | sink | input
+    reason: str  # one line
+    uri: str | None = None
+    fatal: bool = False
+    at: float = 0.0  # unix seconds
+
+
+@dataclass
+class Window(Record):
+    record_type: ClassVar[str] = "window"
+    stream_id: str
+    index: int
+    start_s: float
+    end_s: float
+    video_tokens: int
+    audio_tokens: int
+    missing: list[str]  # modalities masked in this window
+    fusion: str
+    embedding: list[float]
+    signals: dict[str, Any] = field(default_factory=dict)  # e.g. peak luma / loudness and their times
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window)
+}
+
+
+@lru_cache(maxsize=None)
+def schema_for(record_type: str) -> dict[str, Any]:
+    text = resources.files("pipeline").joinpath("schemas", f"{record_type}.schema.json").read_text()
+    return json.loads(text)
