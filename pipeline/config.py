@@ -141,7 +141,10 @@ class RuntimeConfig(Section):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     ray_address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:10001 joins one")
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None lets Ray count them")
-    encoder_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each shared encoder actor on a cluster")
+    encoder_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each shared operator actor (cluster)")
+    decode_cpus: float = Field(0.0, ge=0, description="CPUs reserved by each decode actor; set 1 on a cluster to spread them")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of each shared operator actor")
+    max_concurrent_streams: int = Field(8, ge=1, description="streams decoded at once; more wait their turn")
 
 
 class Config(Section):

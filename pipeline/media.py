@@ -90,3 +90,31 @@ class TokenSeq:
 
     def __len__(self) -> int:
         return int(self.t_s.shape[0])
+
+
+@dataclass
+class EncodedVideo:
+    """Vision-stage output for one chunk's kept frames (all arrays [N, ...], row i = frame i).
+
+    tokens_f32 [N, D]; luma_mean [N] in 0..1; color_hist [N, 48]; luma_thumb [N, 256].
+    """
+
+    t_s: np.ndarray
+    tokens_f32: np.ndarray
+    luma_mean: np.ndarray
+    color_hist: np.ndarray
+    luma_thumb: np.ndarray
+
+
+@dataclass
+class EncodedAudio:
+    """Audio-stage output for one chunk's rows (row k = token k).
+
+    tokens_f32 [K, D]; rms_dbfs [K, S] and band_log_energy [K, S, B] per 10 ms sub-frame.
+    """
+
+    t_s: np.ndarray
+    tokens_f32: np.ndarray
+    rms_dbfs: np.ndarray
+    band_log_energy: np.ndarray
+    subframe_s: float

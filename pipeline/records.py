@@ -9,6 +9,7 @@ produces the same ids and consumers can de-duplicate.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -101,11 +102,11 @@ class StreamEnd(Record):
 class Error(Record):
     record_type: ClassVar[str] = "error"
     stream_id: str
-    stage: str  # open | decode | encode | fuse | sink | input
+    stage: str  # open | decode | encode | fuse | sink | input | runtime
     reason: str  # one line
     uri: str | None = None
     fatal: bool = False
-    at: float = 0.0  # unix seconds
+    at: float = field(default_factory=time.time)  # unix seconds
 
 
 @dataclass

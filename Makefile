@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:
+#   make replay [VIDEO=path]   set up, then replay a video (the synthetic sample when none is given)
+#   make test                  set up, then run the test suite
+# Both are idempotent: the virtualenv is rebuilt only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+VIDEO ?=
+OUT ?= out/replay.jsonl
+SAMPLE := out/sample.mp4
+PYTEST_ARGS ?=
+
+.PHONY: setup replay sample test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(SAMPLE): | setup
+	$(VENV)/bin/avfuse sample $(SAMPLE)
+
+sample: $(SAMPLE)
+
+replay: setup $(if $(VIDEO),,$(SAMPLE))
+	$(VENV)/bin/avfuse replay $(if $(VIDEO),$(VIDEO),$(SAMPLE)) --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/bench_replay.py
+
+clean:
+	rm -rf out .pytest_cache

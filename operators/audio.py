@@ -1,0 +1,99 @@
+"""AudioEncoder: fixed-length mono rows to one embedding per row.
+
+One row is one audio token (``audio.token_s``, 100 ms by default), so the
+encoder emits exactly one token per row and the token's time is the row's
+start time. Front end: log-mel spectrogram; then a small conv1d stack over
+time, mean-pooled, projected to ``embed_dim``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+from torch import nn
+
+from operators.checkpoint import load_checkpoint, load_state_strict, save_checkpoint, seeded_init
+from operators.device import module_device, run_on_device
+from pipeline.config import AudioEncoderConfig
+
+KIND = "audio_encoder"
+LOG_FLOOR = 1e-6  # keeps log(mel) finite on digital silence
+
+
+class AudioEncoder(nn.Module):
+    """Audio rows to embeddings.
+
+    Input:  ``rows`` float32 [K, R], mono, in [-1, 1], R == row_samples, sampled
+            at ``sample_rate_hz`` (the caller checks the rows' rate; this module
+            cannot), on the module's device.
+    Output: float32 [K, embed_dim], one token per row, independent of the
+            other rows in the batch.
+
+    Weights: ``cfg.checkpoint`` (an avfuse checkpoint of kind 'audio_encoder')
+    if set, else a deterministic random init, identical in every process.
+    """
+
+    def __init__(self, cfg: AudioEncoderConfig, sample_rate_hz: int, row_samples: int):
+        super().__init__()
+        if row_samples < cfg.n_fft // 2 + 1:
+            # With reflect padding a row shorter than half a window has no valid frame.
+            raise ValueError(f"row_samples={row_samples} is too short for n_fft={cfg.n_fft}")
+        self.cfg = cfg
+        self.sample_rate_hz = int(sample_rate_hz)
+        self.row_samples = int(row_samples)
+        hidden = cfg.embed_dim
+        with seeded_init():
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=self.sample_rate_hz, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels
+            )
+            self.conv = nn.Sequential(
+                nn.Conv1d(cfg.n_mels, hidden, kernel_size=3, padding=1),
+                nn.GELU(),
+                nn.Conv1d(hidden, hidden, kernel_size=3, padding=1),
+                nn.GELU(),
+            )
+            self.proj = nn.Linear(hidden, cfg.embed_dim)
+        if cfg.checkpoint:
+            checkpoint = load_checkpoint(cfg.checkpoint, KIND, self.preprocessing)
+            load_state_strict(self, checkpoint["state_dict"], cfg.checkpoint)
+        self.eval()
+
+    @property
+    def preprocessing(self) -> dict:
+        return {
+            "sample_rate_hz": self.sample_rate_hz,
+            "row_samples": self.row_samples,
+            "n_mels": self.cfg.n_mels,
+            "n_fft": self.cfg.n_fft,
+            "hop_length": self.cfg.hop_length,
+        }
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def log_mel(self, rows: torch.Tensor) -> torch.Tensor:
+        """float [K, R] -> float32 [K, n_mels, frames], log(mel power + 1e-6)."""
+        # Power spectra overflow fp16 and lose the quiet end in bf16: keep the front end in fp32.
+        with torch.autocast(device_type=rows.device.type, enabled=False):
+            return torch.log(self.mel(rows.float()) + LOG_FLOOR)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.ndim != 2 or rows.shape[1] != self.row_samples or not rows.is_floating_point():
+            raise ValueError(
+                f"AudioEncoder expects float rows [K, {self.row_samples}], got {rows.dtype} {list(rows.shape)}"
+            )
+        if rows.shape[0] == 0:
+            return torch.zeros(0, self.embed_dim, device=rows.device)
+        hidden = self.conv(self.log_mel(rows))  # [K, hidden, frames]
+        return self.proj(hidden.mean(dim=2)).float()
+
+    def encode(self, rows: np.ndarray) -> np.ndarray:
+        """numpy float32 [K, R] -> numpy float32 [K, embed_dim], run on the module's device."""
+        return run_on_device(self, rows, module_device(self))
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, KIND, self.state_dict(), self.preprocessing, extra={"embed_dim": self.embed_dim})

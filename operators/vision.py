@@ -1,0 +1,163 @@
+"""VisionEncoder: RGB frames to one embedding per frame.
+
+A torchvision classification backbone with its classifier removed (global
+pooled features) and a linear projection to ``embed_dim``. Conversion and
+normalisation happen inside the module, so the GPU and CPU paths are one code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from operators.checkpoint import (
+    CheckpointError,
+    check_checkpoint,
+    is_avfuse_checkpoint,
+    load_state_strict,
+    read_torch_file,
+    save_checkpoint,
+    seeded_init,
+)
+from operators.device import module_device, run_on_device
+from pipeline.config import VisionEncoderConfig
+
+KIND = "vision_encoder"
+
+# Attribute names under which torchvision classification models keep their
+# classifier head, in the order they are tried.
+_HEAD_ATTRS = ("fc", "classifier", "head", "heads")
+
+
+def _headless_backbone(name: str) -> tuple[nn.Module, str]:
+    """Build ``torchvision.models.<name>(weights=None)`` and replace its head with Identity.
+
+    Returns the model and the state_dict prefix of the removed head.
+    """
+    factory = getattr(torchvision.models, name, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"vision.backbone {name!r} is not a torchvision.models architecture")
+    model = factory(weights=None)
+    for attr in _HEAD_ATTRS:
+        if isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, nn.Identity())
+            return model, attr + "."
+    raise ValueError(f"vision.backbone {name!r} has no classifier head named {' / '.join(_HEAD_ATTRS)}")
+
+
+class VisionEncoder(nn.Module):
+    """Frames to embeddings.
+
+    Input:  ``frames_rgb_u8`` uint8 [N, H, W, 3], RGB, H == W == image_size, on
+            the module's device.
+    Output: float32 [N, embed_dim], one embedding per frame, independent of the
+            other frames in the batch (the module is built in eval mode, so
+            batch norm uses its running statistics).
+
+    Weights: ``cfg.checkpoint`` if set (an avfuse checkpoint of kind
+    'vision_encoder', or a plain torchvision state_dict for the backbone);
+    otherwise a deterministic random init with batch-norm statistics
+    calibrated on seeded synthetic images, identical in every process.
+    """
+
+    def __init__(self, cfg: VisionEncoderConfig, image_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.image_size = int(image_size)
+        with seeded_init():
+            self.backbone, self._head_prefix = _headless_backbone(cfg.backbone)
+            self.backbone.eval()
+            feat_dim, self._pool_features = self._probe_features()
+            self.proj = nn.Linear(feat_dim, cfg.embed_dim)
+        # Not persistent: the values live in the config and the checkpoint's preprocessing.
+        self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        if cfg.checkpoint:
+            self._load_weights(cfg.checkpoint)
+        else:
+            with seeded_init():
+                self._calibrate_batch_norm()
+        self.eval()
+
+    @property
+    def preprocessing(self) -> dict:
+        return {
+            "backbone": self.cfg.backbone,
+            "image_size": self.image_size,
+            "mean": tuple(self.cfg.mean),
+            "std": tuple(self.cfg.std),
+        }
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def _probe_features(self) -> tuple[int, bool]:
+        # Heads differ between families (some pool inside the head), so find the
+        # feature size by running the headless model once rather than by table.
+        with torch.no_grad():
+            out = self.backbone(torch.zeros(1, 3, self.image_size, self.image_size))
+        if out.ndim == 4:  # the removed head did the pooling (e.g. squeezenet, maxvit)
+            return int(out.shape[1]), True
+        return int(out.flatten(1).shape[1]), False
+
+    def _calibrate_batch_norm(self, n_images: int = 16) -> None:
+        # Untrained backbones with identity batch-norm statistics squash every
+        # input to the same features (mobilenet_v3_small: ~1e-8 apart), so the
+        # random-weight encoder would be blind. One train-mode pass over smooth
+        # random images (seeded, so still deterministic) sets the statistics.
+        norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        low_res = torch.rand(n_images, 3, 8, 8)
+        images = F.interpolate(low_res, size=self.image_size, mode="bilinear", align_corners=False)
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: the stats of exactly this batch
+        self.backbone.train()
+        with torch.no_grad():
+            self.backbone((images - self.mean) / self.std)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        self.backbone.eval()
+
+    def _load_weights(self, path: str) -> None:
+        obj = read_torch_file(path)
+        if is_avfuse_checkpoint(obj):
+            checkpoint = check_checkpoint(obj, path, KIND, self.preprocessing)
+            load_state_strict(self, checkpoint["state_dict"], path)
+        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            # A torchvision state_dict: weights for the backbone; its classifier is not used.
+            load_state_strict(self.backbone, obj, path, ignore_prefixes=(self._head_prefix,))
+        else:
+            raise CheckpointError(f"checkpoint {path} is neither an avfuse checkpoint nor a torchvision state_dict")
+
+    def forward(self, frames_rgb_u8: torch.Tensor) -> torch.Tensor:
+        size = self.image_size
+        if frames_rgb_u8.dtype != torch.uint8 or frames_rgb_u8.ndim != 4 or tuple(frames_rgb_u8.shape[1:]) != (size, size, 3):
+            raise ValueError(
+                f"VisionEncoder expects uint8 frames [N, {size}, {size}, 3], "
+                f"got {frames_rgb_u8.dtype} {list(frames_rgb_u8.shape)}"
+            )
+        if frames_rgb_u8.shape[0] == 0:
+            return torch.zeros(0, self.embed_dim, device=frames_rgb_u8.device)
+        # NHWC -> NCHW is a view; normalisation stays in fp32 even under autocast.
+        x = frames_rgb_u8.permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        features = self.backbone(x)
+        if self._pool_features:
+            features = F.adaptive_avg_pool2d(features, 1)
+        return self.proj(features.flatten(1)).float()
+
+    def encode(self, frames_rgb_u8: np.ndarray) -> np.ndarray:
+        """numpy uint8 [N, S, S, 3] -> numpy float32 [N, embed_dim], run on the module's device."""
+        return run_on_device(self, frames_rgb_u8, module_device(self))
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, KIND, self.state_dict(), self.preprocessing, extra={"embed_dim": self.embed_dim})

@@ -1,0 +1,88 @@
+"""Ray actors: the thin layer that places decoders and operator stages on resources.
+
+One DecodeActor per stream owns that stream's PyAV container. One StageActor
+per shared operator (vision, audio, fusion) batches requests from every stream.
+Per-stream state (alignment, detectors, summaries) is not here: it lives in
+the driver's StreamSession, keyed by stream id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import ray
+
+from pipeline.batching import MicroBatcher
+from pipeline.config import Config
+from pipeline.decode import MediaDecoder, StreamInfo
+from pipeline.media import MediaChunk
+
+
+@ray.remote
+class DecodeActor:
+    def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None):
+        logging.getLogger("libav").setLevel(logging.ERROR)
+        self._decoder = MediaDecoder(stream_id, uri, cfg, open_options)
+        self._chunks: Iterator[MediaChunk] | None = None
+
+    def open(self) -> StreamInfo:
+        info = self._decoder.open()
+        self._chunks = self._decoder.chunks()
+        return info
+
+    def next_chunk(self) -> MediaChunk | None:
+        """The next chunk, or None once the last one (with both modalities done) was returned."""
+        if self._chunks is None:
+            return None
+        chunk = next(self._chunks, None)
+        if chunk is None or chunk.finished:
+            self._chunks = None
+            self._decoder.close()
+        return chunk
+
+    def counters(self) -> dict[str, int]:
+        return {"frames_kept": self._decoder.frames_kept, "decode_errors": self._decoder.decode_errors}
+
+
+def _make_stage(kind: str, cfg: Config):
+    # Imported here so that only operator actors load torch models.
+    from pipeline import stages
+
+    return {"vision": stages.VisionStage, "audio": stages.AudioStage, "fusion": stages.FusionStage}[kind](cfg)
+
+
+_MAX_BATCH = {
+    "vision": lambda cfg: cfg.batching.max_batch_frames,
+    "audio": lambda cfg: cfg.batching.max_batch_audio_rows,
+    "fusion": lambda cfg: cfg.batching.max_batch_windows,
+}
+
+
+@ray.remote
+class StageActor:
+    """A shared operator stage with a micro-batcher in front of it."""
+
+    def __init__(self, kind: str, cfg: Config, torch_threads: int):
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self.kind = kind
+        self.stage = _make_stage(kind, cfg)
+        self.batcher = MicroBatcher(
+            self.stage.run_batch, len, _MAX_BATCH[kind](cfg), cfg.batching.max_wait_ms / 1000.0
+        )
+
+    def ready(self) -> str:
+        return str(self.stage.device)
+
+    async def submit(self, payload: Any, part: str | None = None) -> Any:
+        """Run one request: ``payload`` itself, or its attribute ``part`` (e.g. a chunk's ``video``)."""
+        item = getattr(payload, part) if part is not None else payload
+        if item is None or len(item) == 0:
+            return None
+        return await self.batcher.submit(item)
+
+    def stats(self) -> dict[str, float]:
+        s = self.batcher.stats
+        return {"batches": s.batches, "items": s.items, "size_total": s.size_total}

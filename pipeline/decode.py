@@ -1,0 +1,224 @@
+"""PyAV decoding of one stream into MediaChunks (no Ray here; the decode actor wraps it).
+
+Contract: ``MediaDecoder(stream_id, uri, cfg).open()`` returns the StreamInfo or
+raises StreamOpenError; ``chunks()`` then yields MediaChunks of about
+``decode.chunk_s`` media seconds each, the last one with both modalities done.
+Video is sampled at ``video.fps`` by PTS and only kept frames are converted to
+RGB, at the encoder's size. Audio is resampled by PyAV to mono float32 at
+``audio.sample_rate_hz`` and cut into rows of ``audio.token_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import av
+import numpy as np
+
+from pipeline.audio_rows import AudioRowCutter
+from pipeline.config import Config
+from pipeline.errors import StreamOpenError
+from pipeline.media import MediaChunk, VideoFrames
+
+# After this many failed packets in a row a modality is given up (e.g. a
+# corrupt audio track): its windows are then masked, and the other modality goes on.
+MAX_CONSECUTIVE_PACKET_ERRORS = 25
+
+
+@dataclass
+class StreamInfo:
+    duration_s: float | None
+    video: dict[str, Any] | None
+    audio: dict[str, Any] | None
+
+
+@dataclass
+class _ModalityProgress:
+    watermark_s: float = 0.0
+    done: bool = False
+    consecutive_errors: int = 0
+    errors: int = 0
+
+
+@dataclass
+class _PendingChunk:
+    frames: list[np.ndarray] = field(default_factory=list)
+    frame_pts_s: list[float] = field(default_factory=list)
+    frames_decoded: int = 0
+    errors: list[str] = field(default_factory=list)
+    received_wall_s: float = 0.0
+
+
+def _pick_stream(streams, best):
+    """The default-disposition stream, preferring FFmpeg's own best pick among those."""
+    defaults = [s for s in streams if s.disposition & av.stream.Disposition.default]
+    if best is not None and (best in defaults or not defaults):
+        return best
+    return defaults[0] if defaults else None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class MediaDecoder:
+    def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None):
+        self.stream_id = stream_id
+        self.uri = uri
+        self.cfg = cfg
+        self.open_options = open_options or {}
+        self.container = None
+        self.video_stream = self.audio_stream = None
+        self.origin_s = 0.0
+        self.frames_kept = 0
+        self.decode_errors = 0
+
+    def open(self) -> StreamInfo:
+        try:
+            self.container = av.open(self.uri, options=self.open_options, timeout=(10.0, 30.0))
+        except (OSError, av.error.FFmpegError, ValueError) as exc:
+            raise StreamOpenError(self.stream_id, f"cannot open {self.uri}: {_one_line(exc)}") from exc
+        c = self.container
+        self.video_stream = _pick_stream(c.streams.video, c.streams.best("video"))
+        self.audio_stream = _pick_stream(c.streams.audio, c.streams.best("audio"))
+        if self.video_stream is None and self.audio_stream is None:
+            c.close()
+            raise StreamOpenError(self.stream_id, f"{self.uri} has no video or audio stream")
+        starts = [
+            float(s.start_time * s.time_base)
+            for s in (self.video_stream, self.audio_stream)
+            if s is not None and s.start_time is not None
+        ]
+        self.origin_s = min(starts) if starts else 0.0
+        for s in (self.video_stream, self.audio_stream):
+            if s is not None:
+                s.thread_type = "AUTO"
+                s.codec_context.thread_count = self.cfg.decode.threads
+        return StreamInfo(duration_s=self._duration_s(), video=self._video_info(), audio=self._audio_info())
+
+    def _duration_s(self) -> float | None:
+        if self.container.duration is not None and self.container.duration > 0:
+            return self.container.duration / 1e6
+        durations = [
+            float(s.duration * s.time_base)
+            for s in (self.video_stream, self.audio_stream)
+            if s is not None and s.duration
+        ]
+        return max(durations) if durations else None
+
+    def _video_info(self) -> dict[str, Any] | None:
+        s = self.video_stream
+        if s is None:
+            return None
+        rate = s.average_rate or s.guessed_rate
+        return {"codec": s.codec_context.name, "width": s.codec_context.width,
+                "height": s.codec_context.height, "avg_fps": float(rate) if rate else None}
+
+    def _audio_info(self) -> dict[str, Any] | None:
+        s = self.audio_stream
+        if s is None:
+            return None
+        return {"codec": s.codec_context.name, "sample_rate_hz": s.codec_context.sample_rate,
+                "channels": s.codec_context.channels}
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+    # -- decoding -------------------------------------------------------------------
+
+    def chunks(self) -> Iterator[MediaChunk]:
+        cfg = self.cfg
+        size = cfg.video.image_size
+        video = _ModalityProgress(done=self.video_stream is None)
+        audio = _ModalityProgress(done=self.audio_stream is None)
+        cutter = AudioRowCutter(cfg.audio.sample_rate_hz, cfg.audio.token_s) if self.audio_stream else None
+        last_kept_slot = -1
+        seq = 0
+        next_boundary_s = cfg.decode.chunk_s
+        pending = _PendingChunk(received_wall_s=time.time())
+        wall_start = time.monotonic()
+        selected = [s for s in (self.video_stream, self.audio_stream) if s is not None]
+
+        def emit(final: bool) -> MediaChunk:
+            nonlocal pending, seq
+            if final:
+                video.done = audio.done = True
+                if cutter is not None:
+                    cutter.flush()
+            rows = cutter.take_rows() if cutter is not None else None
+            if cutter is not None:
+                audio.watermark_s = max(audio.watermark_s, cutter.watermark_s)
+            frames = None
+            if pending.frames:
+                frames = VideoFrames(np.stack(pending.frames), np.asarray(pending.frame_pts_s, np.float64))
+            chunk = MediaChunk(
+                stream_id=self.stream_id, seq=seq, video=frames, audio=rows,
+                video_watermark_s=video.watermark_s, audio_watermark_s=audio.watermark_s,
+                video_done=video.done, audio_done=audio.done,
+                frames_decoded=pending.frames_decoded,
+                audio_decoded_s=(len(rows) * cfg.audio.token_s) if rows is not None else 0.0,
+                received_wall_s=pending.received_wall_s, errors=pending.errors,
+            )
+            seq += 1
+            pending = _PendingChunk(received_wall_s=time.time())
+            return chunk
+
+        def fail_packet(progress: _ModalityProgress, kind: str, exc: BaseException) -> None:
+            progress.errors += 1
+            progress.consecutive_errors += 1
+            self.decode_errors += 1
+            if progress.consecutive_errors == MAX_CONSECUTIVE_PACKET_ERRORS:
+                progress.done = True
+                pending.errors.append(f"{kind} decoding gave up after {progress.consecutive_errors} bad packets: {_one_line(exc)}")
+            elif progress.errors == 1:
+                pending.errors.append(f"{kind} packet undecodable: {_one_line(exc)}")
+
+        try:
+            for packet in self.container.demux(*selected):
+                is_video = packet.stream is self.video_stream
+                progress = video if is_video else audio
+                if progress.done:
+                    continue
+                try:
+                    frames = packet.decode()
+                except (av.error.FFmpegError, ValueError) as exc:
+                    fail_packet(progress, "video" if is_video else "audio", exc)
+                    continue
+                progress.consecutive_errors = 0
+                for frame in frames:
+                    if frame.pts is None:
+                        continue
+                    t_s = float(frame.pts * frame.time_base) - self.origin_s
+                    if is_video:
+                        pending.frames_decoded += 1
+                        video.watermark_s = max(video.watermark_s, t_s)
+                        slot = math.floor(t_s * cfg.video.fps + 1e-6)
+                        if slot > last_kept_slot:
+                            last_kept_slot = slot
+                            # Only kept frames pay for scaling and RGB conversion.
+                            pending.frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+                            pending.frame_pts_s.append(t_s)
+                            self.frames_kept += 1
+                    else:
+                        cutter.push(frame, t_s)
+                media_s = max(video.watermark_s, cutter.watermark_s if cutter else 0.0)
+                if media_s >= next_boundary_s:
+                    next_boundary_s = (math.floor(media_s / cfg.decode.chunk_s) + 1) * cfg.decode.chunk_s
+                    if cfg.decode.realtime:
+                        _sleep_until(wall_start, media_s)
+                    yield emit(final=False)
+        except (av.error.FFmpegError, OSError) as exc:
+            pending.errors.append(f"demuxing stopped: {_one_line(exc)}")
+        yield emit(final=True)
+
+
+def _sleep_until(wall_start: float, media_s: float) -> None:
+    ahead_s = media_s - (time.monotonic() - wall_start)
+    if ahead_s > 0:
+        time.sleep(ahead_s)

@@ -1,0 +1,20 @@
+"""Typed errors. Each carries the stream id and a one-line reason for the user;
+tracebacks belong in debug logs only."""
+
+
+class AvfuseError(Exception):
+    def __init__(self, stream_id: str | None, reason: str):
+        super().__init__(reason)
+        self.stream_id = stream_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"[{self.stream_id}] {self.reason}" if self.stream_id else self.reason
+
+
+class StreamOpenError(AvfuseError):
+    """The input could not be opened as media (missing, not media, no streams)."""
+
+
+class StreamFailedError(AvfuseError):
+    """A stream broke while running (truncated input, an actor died)."""

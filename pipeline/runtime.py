@@ -1,0 +1,178 @@
+"""The driver: starts Ray, places the shared operator actors, and runs streams through them.
+
+Per stream: a DecodeActor decodes ahead by at most ``decode.max_inflight_chunks``
+chunks (so memory stays flat on long inputs); each chunk goes by reference to
+the vision and audio actors, the session aligns and detects, and ready windows
+go to the fusion actor. Data flows one way; the only thing flowing back is the
+bounded number of outstanding decode requests (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import ray
+
+from pipeline.actors import DecodeActor, StageActor
+from pipeline.config import Config
+from pipeline.errors import StreamOpenError
+from pipeline.records import Error, StreamEnd
+from pipeline.session import StreamSession
+from pipeline.sinks import Sink
+
+log = logging.getLogger("avfuse.runtime")
+
+ProgressFn = Callable[[str, float, float | None], None]
+
+
+@dataclass
+class StreamResult:
+    stream_id: str
+    uri: str
+    status: str  # ok | failed | interrupted
+    reason: str | None
+    processed_s: float
+    wall_s: float
+    events: int
+
+
+def init_ray(cfg: Config, debug: bool = False) -> None:
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=cfg.runtime.ray_address,
+        num_cpus=cfg.runtime.num_cpus if cfg.runtime.ray_address is None else None,
+        include_dashboard=False,
+        log_to_driver=debug,
+        logging_level=logging.INFO if debug else logging.ERROR,
+        configure_logging=True,
+    )
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user-level error inside a Ray task error, when there is one."""
+    return getattr(exc, "cause", None) or exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Pipeline:
+    """Shared operator actors, reused by every stream (and by every replay in one process)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        placement = {"num_cpus": 0, "num_gpus": cfg.runtime.encoder_gpus}
+        threads = cfg.runtime.torch_threads
+        self.vision = StageActor.options(**placement).remote("vision", cfg, threads)
+        self.audio = StageActor.options(**placement).remote("audio", cfg, threads)
+        self.fusion = StageActor.options(**placement).remote("fusion", cfg, threads)
+        self._slots = asyncio.Semaphore(cfg.runtime.max_concurrent_streams)
+
+    async def warm_up(self) -> list[str]:
+        """Wait until every operator is loaded; returns their devices."""
+        return list(await asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(), self.fusion.ready.remote()))
+
+    def shutdown(self) -> None:
+        for actor in (self.vision, self.audio, self.fusion):
+            ray.kill(actor)
+
+    async def replay(self, uris: list[str], sink: Sink, on_progress: ProgressFn | None = None,
+                     stream_ids: list[str] | None = None) -> list[StreamResult]:
+        stream_ids = stream_ids or unique_stream_ids(uris)
+        tasks = [self.run_stream(sid, uri, sink, on_progress) for sid, uri in zip(stream_ids, uris)]
+        return list(await asyncio.gather(*tasks))
+
+    async def run_stream(self, stream_id: str, uri: str, sink: Sink,
+                         on_progress: ProgressFn | None = None) -> StreamResult:
+        async with self._slots:
+            decoder = DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(stream_id, uri, self.cfg)
+            try:
+                return await self._run_stream(decoder, stream_id, uri, sink, on_progress)
+            finally:
+                ray.kill(decoder)
+
+    async def _run_stream(self, decoder, stream_id: str, uri: str, sink: Sink,
+                          on_progress: ProgressFn | None) -> StreamResult:
+        try:
+            info = await decoder.open.remote()
+        except (ray.exceptions.RayError, StreamOpenError) as exc:
+            cause = _cause(exc)
+            reason = cause.reason if isinstance(cause, StreamOpenError) else _one_line(cause)
+            sink.write(Error(stream_id, "open", reason, uri=uri, fatal=True))
+            sink.write(StreamEnd(stream_id, "failed", reason, 0.0, 0.0, 0, 0, 0, 0))
+            return StreamResult(stream_id, uri, "failed", reason, 0.0, 0.0, 0)
+        session = StreamSession(stream_id, uri, self.cfg, info, sink)
+        status, reason = "ok", None
+        try:
+            await self._pump(decoder, session, info.duration_s, on_progress)
+            reason = _truncation(session.processed_s, info.duration_s)
+            if reason:
+                status = "failed"
+                sink.write(Error(stream_id, "decode", reason, uri=uri, fatal=True))
+        except asyncio.CancelledError:
+            status, reason = "interrupted", "interrupted by the user"
+            raise
+        except Exception as exc:  # one stream's failure must not stop the others
+            log.debug("stream %s failed", stream_id, exc_info=True)
+            status, reason = "failed", _one_line(_cause(exc))
+            sink.write(Error(stream_id, "runtime", reason, uri=uri, fatal=True))
+        finally:
+            try:
+                counters = await asyncio.wait_for(decoder.counters.remote(), 5.0)
+                session.decode_errors = counters["decode_errors"]
+            except (ray.exceptions.RayError, asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+            end = session.close(status, reason)
+            sink.flush()
+        return StreamResult(stream_id, uri, status, reason, end.processed_s, end.wall_s, end.events)
+
+    async def _pump(self, decoder, session: StreamSession, duration_s: float | None,
+                    on_progress: ProgressFn | None) -> None:
+        inflight = deque(decoder.next_chunk.remote() for _ in range(self.cfg.decode.max_inflight_chunks))
+        while inflight:
+            chunk_ref = inflight.popleft()
+            chunk = await chunk_ref
+            if chunk is None:
+                break
+            if not chunk.finished:
+                inflight.append(decoder.next_chunk.remote())
+            # The chunk travels by reference: each encoder reads it from the object store.
+            video, audio = await asyncio.gather(self.vision.submit.remote(chunk_ref, "video"),
+                                                self.audio.submit.remote(chunk_ref, "audio"))
+            windows = session.on_chunk(chunk, video, audio)
+            if windows:
+                embeddings = await self.fusion.submit.remote(session.fusion_inputs(windows))
+                session.on_fused(windows, embeddings)
+            if on_progress is not None:
+                on_progress(session.stream_id, session.processed_s, duration_s)
+            if chunk.finished:
+                break
+
+
+def _truncation(processed_s: float, duration_s: float | None) -> str | None:
+    """A reason when decoding ended well before the duration the container declares."""
+    if duration_s is None:
+        return None
+    missing_s = duration_s - processed_s
+    if missing_s > max(1.0, 0.05 * duration_s):
+        return f"input ended at {processed_s:.1f}s of a declared {duration_s:.1f}s (truncated or corrupt)"
+    return None
+
+
+def unique_stream_ids(uris: list[str]) -> list[str]:
+    """Readable, unique stream ids from file names: clip.mp4, clip.mp4#2, ..."""
+    seen: dict[str, int] = {}
+    ids = []
+    for uri in uris:
+        base = os.path.basename(uri.rstrip("/")) or uri
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return ids

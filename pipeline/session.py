@@ -1,0 +1,169 @@
+"""All per-stream state in one place: feature continuity, alignment, detectors, summaries.
+
+The driver feeds a StreamSession each decoded chunk together with what the
+shared encoders made of it; the session returns the windows ready for fusion
+and writes events, summaries and the stream's start and end to the sink.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from operators import WindowInput, frame_difference, histogram_distance, spectral_flux
+from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
+from pipeline.config import Config
+from pipeline.decode import StreamInfo
+from pipeline.detectors import AudioSeries, DetectorBank, VideoSeries
+from pipeline.media import EncodedAudio, EncodedVideo, MediaChunk
+from pipeline.records import Error, Event, StreamEnd, StreamStart, Summary, Window
+from pipeline.sinks import Sink
+from pipeline.summary import SummaryTracker
+
+# Audio sub-frames further apart than this are not neighbours: no flux across a gap.
+_SUBFRAME_GAP_S = 0.015
+
+
+def _diff_to_previous(previous: np.ndarray | None, current: np.ndarray, fn) -> np.ndarray:
+    """fn(row i-1, row i) for every row, the first against ``previous`` (NaN without one)."""
+    if len(current) == 0:
+        return np.zeros(0, np.float32)
+    before = current[:-1] if previous is None else np.concatenate([previous[None], current[:-1]])
+    after = current[1:] if previous is None else current
+    values = fn(torch.as_tensor(before), torch.as_tensor(after)).numpy().astype(np.float32)
+    return values if previous is not None else np.concatenate([[np.nan], values]).astype(np.float32)
+
+
+class StreamSession:
+    def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink):
+        self.stream_id, self.uri, self.cfg, self.info, self.sink = stream_id, uri, cfg, info, sink
+        modalities = tuple(m for m, present in (("video", info.video), ("audio", info.audio)) if present)
+        self.aligner = WindowAligner(stream_id, WindowSpec(cfg.align.window_s, cfg.align.hop_s),
+                                     cfg.align.max_skew_s, ("video", "audio"))
+        for absent in {"video", "audio"} - set(modalities):
+            self.aligner.finish(absent)
+        self.detectors = DetectorBank(stream_id, cfg.detectors)
+        self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
+                                      has_video=info.video is not None)
+        self.started_wall_s = time.monotonic()
+        self._last_hist = self._last_thumb = self._last_bands = None
+        self._last_subframe_t_s: float | None = None
+        self.video_end_s = self.audio_end_s = None
+        self.processed_s = 0.0
+        self.frames_decoded = self.frames_kept = self.decode_errors = self.events = 0
+        self.errors: list[str] = []
+        self.closed = False
+        sink.write(StreamStart(stream_id, uri, time.time(), info.duration_s, info.video, info.audio))
+
+    # -- per chunk -------------------------------------------------------------------
+
+    def on_chunk(self, chunk: MediaChunk, video: EncodedVideo | None, audio: EncodedAudio | None) -> list[AlignedWindow]:
+        """Take one decoded chunk and its encodings; returns windows now ready for fusion."""
+        for reason in chunk.errors:
+            self.errors.append(reason)
+            self.sink.write(Error(self.stream_id, "decode", reason, uri=self.uri, at=time.time()))
+        self.frames_decoded += chunk.frames_decoded
+        if video is not None:
+            self._on_video(video)
+        if audio is not None:
+            self._on_audio(audio)
+        for modality, watermark_s, done in (("video", chunk.video_watermark_s, chunk.video_done),
+                                            ("audio", chunk.audio_watermark_s, chunk.audio_done)):
+            self.aligner.advance(modality, watermark_s)
+            if done:
+                self.aligner.finish(modality)
+        self.processed_s = max(self.processed_s, chunk.video_watermark_s, chunk.audio_watermark_s)
+        periodic = self.summary.advance(self.processed_s)
+        if periodic is not None:
+            self.sink.write(periodic)
+        return self._pop_windows()
+
+    def _on_video(self, video: EncodedVideo) -> None:
+        self.frames_kept += len(video.t_s)
+        hist_distance = _diff_to_previous(self._last_hist, video.color_hist, histogram_distance)
+        motion = _diff_to_previous(self._last_thumb, video.luma_thumb, frame_difference)
+        self._last_hist, self._last_thumb = video.color_hist[-1], video.luma_thumb[-1]
+        self.video_end_s = float(video.t_s[-1]) + 1.0 / self.cfg.video.fps
+        self._emit(self.detectors.on_video(VideoSeries(video.t_s, video.luma_mean, hist_distance, motion)))
+        self.aligner.add("video", TimedRows(video.t_s, {
+            "tokens": video.tokens_f32, "luma_mean": video.luma_mean, "motion": np.nan_to_num(motion)}))
+
+    def _on_audio(self, audio: EncodedAudio) -> None:
+        k, s = audio.rms_dbfs.shape
+        sub_t_s = (audio.t_s[:, None] + np.arange(s)[None, :] * audio.subframe_s).reshape(-1)
+        bands = audio.band_log_energy.reshape(k * s, -1)
+        neighbour = self._last_bands
+        if self._last_subframe_t_s is not None and sub_t_s[0] - self._last_subframe_t_s > _SUBFRAME_GAP_S:
+            neighbour = None
+        flux = _diff_to_previous(neighbour, bands, spectral_flux)
+        flux[1:][np.diff(sub_t_s) > _SUBFRAME_GAP_S] = np.nan
+        self._last_bands, self._last_subframe_t_s = bands[-1], float(sub_t_s[-1])
+        self.audio_end_s = float(sub_t_s[-1]) + audio.subframe_s
+        self._emit(self.detectors.on_audio(AudioSeries(sub_t_s, audio.rms_dbfs.reshape(-1), flux, audio.subframe_s)))
+        self.aligner.add("audio", TimedRows(audio.t_s, {
+            "tokens": audio.tokens_f32, "rms_dbfs": audio.rms_dbfs.max(axis=1)}))
+
+    def _pop_windows(self) -> list[AlignedWindow]:
+        windows = self.aligner.pop_ready()
+        self.summary.add_windows(len(windows), sum(w.partial for w in windows))
+        return windows
+
+    def _emit(self, events: list[Event]) -> None:
+        for event in events:
+            self.events += 1
+            self.summary.add_event(event)
+            self.sink.write(event)
+
+    # -- fusion ----------------------------------------------------------------------
+
+    @staticmethod
+    def fusion_inputs(windows: list[AlignedWindow]) -> list[WindowInput]:
+        def part(window: AlignedWindow, modality: str):
+            rows = window.rows.get(modality)
+            return (None, None) if rows is None or len(rows) == 0 else (rows.columns["tokens"], rows.t_s)
+
+        return [WindowInput(w.start_s, *part(w, "video"), *part(w, "audio")) for w in windows]
+
+    def on_fused(self, windows: list[AlignedWindow], embeddings: np.ndarray) -> None:
+        if not self.cfg.records.windows:
+            return
+        for window, embedding in zip(windows, embeddings):
+            self.sink.write(Window(
+                self.stream_id, window.index, window.start_s, window.end_s,
+                video_tokens=_count(window, "video"), audio_tokens=_count(window, "audio"),
+                missing=sorted(window.missing), fusion=self.cfg.fusion.strategy,
+                embedding=[round(float(x), 6) for x in embedding], signals=_window_signals(window)))
+
+    # -- end -------------------------------------------------------------------------
+
+    def close(self, status: str, reason: str | None = None) -> StreamEnd:
+        """Close open conditions, write the final summary and stream_end. Idempotent."""
+        if self.closed:
+            raise RuntimeError(f"stream {self.stream_id} closed twice")
+        self.closed = True
+        self._emit(self.detectors.finish(self.video_end_s, self.audio_end_s))
+        self.sink.write(self.summary.build(final=True))
+        end = StreamEnd(self.stream_id, status, reason, round(self.processed_s, 3),
+                        round(time.monotonic() - self.started_wall_s, 3), self.events,
+                        self.frames_decoded, self.frames_kept, self.decode_errors)
+        self.sink.write(end)
+        return end
+
+
+def _count(window: AlignedWindow, modality: str) -> int:
+    rows = window.rows.get(modality)
+    return 0 if rows is None else len(rows)
+
+
+def _window_signals(window: AlignedWindow) -> dict[str, float]:
+    """Where in the window the picture was brightest and the sound loudest (for inspection)."""
+    signals: dict[str, float] = {}
+    for modality, column, prefix in (("video", "luma_mean", "peak_luma"), ("audio", "rms_dbfs", "peak_dbfs")):
+        rows = window.rows.get(modality)
+        if rows is not None and len(rows):
+            i = int(np.argmax(rows.columns[column]))
+            signals[prefix] = round(float(rows.columns[column][i]), 4)
+            signals[f"{prefix}_t_s"] = round(float(rows.t_s[i]), 3)
+    return signals

@@ -1,0 +1,68 @@
+"""Per-stream summary: what happened so far, emitted every ``records.summary_every_s``
+of stream time and once more, final, at the end of the stream."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from pipeline.records import Event, Summary
+
+# Labels whose total duration the summary reports, by summary field.
+_DURATION_FIELDS = {"silence": "silence_s", "black_video": "black_s", "frozen_video": "frozen_s"}
+
+
+class SummaryTracker:
+    def __init__(self, stream_id: str, every_s: float, top_moments: int, has_video: bool):
+        self.stream_id = stream_id
+        self.every_s = every_s
+        self.top_moments = top_moments
+        self.has_video = has_video
+        self.started_wall_s = time.monotonic()
+        self.counts: Counter[str] = Counter()
+        self.durations_s = {name: 0.0 for name in _DURATION_FIELDS.values()}
+        self.events: list[Event] = []
+        self.windows = 0
+        self.partial_windows = 0
+        self.processed_s = 0.0
+        self._next_due_s = every_s
+
+    def add_event(self, event: Event) -> None:
+        self.counts[event.label] += 1
+        if event.label in _DURATION_FIELDS:
+            self.durations_s[_DURATION_FIELDS[event.label]] += max(0.0, event.end_s - event.start_s)
+        self.events.append(event)
+
+    def add_windows(self, emitted: int, partial: int) -> None:
+        self.windows += emitted
+        self.partial_windows += partial
+
+    def advance(self, processed_s: float) -> Summary | None:
+        """Note stream progress; returns a periodic summary when one is due."""
+        self.processed_s = max(self.processed_s, processed_s)
+        if self.processed_s < self._next_due_s:
+            return None
+        while self._next_due_s <= self.processed_s:
+            self._next_due_s += self.every_s
+        return self.build(final=False)
+
+    def build(self, final: bool) -> Summary:
+        wall_s = time.monotonic() - self.started_wall_s
+        top = sorted(self.events, key=lambda e: (-e.confidence, e.start_s))[: self.top_moments]
+        return Summary(
+            stream_id=self.stream_id,
+            final=final,
+            processed_s=round(self.processed_s, 3),
+            wall_s=round(wall_s, 3),
+            speed_x_realtime=round(self.processed_s / wall_s, 2) if wall_s > 0 else 0.0,
+            counts_by_label=dict(sorted(self.counts.items())),
+            **{name: round(value, 3) for name, value in self.durations_s.items()},
+            scenes=self.counts.get("scene_cut", 0) + 1 if self.has_video and self.processed_s > 0 else 0,
+            windows=self.windows,
+            partial_windows=self.partial_windows,
+            top_moments=[
+                {"label": e.label, "start_s": e.start_s, "end_s": e.end_s,
+                 "confidence": e.confidence, "event_id": e.event_id}
+                for e in sorted(top, key=lambda e: e.start_s)
+            ],
+        )
