@@ -53,8 +53,10 @@ class AudioSignals:
 
 
 def _band_matrix(n_bins: int, device: torch.device) -> torch.Tensor:
-    """[n_bins, 24] 0/1 matrix assigning each rfft bin to one equal-width band."""
-    band_of_bin = torch.clamp(torch.arange(n_bins, device=device) * AUDIO_BANDS // n_bins, max=AUDIO_BANDS - 1)
+    """[n_bins, 24] 0/1 matrix assigning each rfft bin to one of 24 equal-width bands of 0 Hz..Nyquist."""
+    # Bin i sits at i / (n_bins - 1) of Nyquist; the Nyquist bin itself joins the top band.
+    position = torch.arange(n_bins, device=device) * AUDIO_BANDS // max(n_bins - 1, 1)
+    band_of_bin = torch.clamp(position, max=AUDIO_BANDS - 1)
     return F.one_hot(band_of_bin, AUDIO_BANDS).float()
 
 

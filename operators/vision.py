@@ -69,19 +69,15 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.image_size = int(image_size)
-        with seeded_init():
-            self.backbone, self._head_prefix = _headless_backbone(cfg.backbone)
-            self.backbone.eval()
-            feat_dim, self._pool_features = self._probe_features()
-            self.proj = nn.Linear(feat_dim, cfg.embed_dim)
         # Not persistent: the values live in the config and the checkpoint's preprocessing.
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        with seeded_init():
+            self.backbone, self._head_prefix = _headless_backbone(cfg.backbone)
+            feat_dim, self._pool_features = self._calibrate_and_probe()
+            self.proj = nn.Linear(feat_dim, cfg.embed_dim)
         if cfg.checkpoint:
             self._load_weights(cfg.checkpoint)
-        else:
-            with seeded_init():
-                self._calibrate_batch_norm()
         self.eval()
 
     @property
@@ -97,35 +93,31 @@ class VisionEncoder(nn.Module):
     def embed_dim(self) -> int:
         return self.cfg.embed_dim
 
-    def _probe_features(self) -> tuple[int, bool]:
-        # Heads differ between families (some pool inside the head), so find the
-        # feature size by running the headless model once rather than by table.
-        with torch.no_grad():
-            out = self.backbone(torch.zeros(1, 3, self.image_size, self.image_size))
-        if out.ndim == 4:  # the removed head did the pooling (e.g. squeezenet, maxvit)
-            return int(out.shape[1]), True
-        return int(out.flatten(1).shape[1]), False
+    def _calibrate_and_probe(self, n_images: int = 8) -> tuple[int, bool]:
+        """One train-mode pass over seeded smooth random images; returns (feature dim, needs pooling).
 
-    def _calibrate_batch_norm(self, n_images: int = 16) -> None:
-        # Untrained backbones with identity batch-norm statistics squash every
-        # input to the same features (mobilenet_v3_small: ~1e-8 apart), so the
-        # random-weight encoder would be blind. One train-mode pass over smooth
-        # random images (seeded, so still deterministic) sets the statistics.
+        Untrained backbones with identity batch-norm statistics squash every
+        input to nearly the same features (mobilenet_v3_small: ~1e-8 apart), so
+        the random-weight encoder would be blind; this pass sets the statistics
+        (a checkpoint, if any, overwrites them). The same pass finds the feature
+        size, since heads differ between families (some pool inside the head).
+        """
         norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        low_res = torch.rand(n_images, 3, 8, 8)
-        images = F.interpolate(low_res, size=self.image_size, mode="bilinear", align_corners=False)
         momenta = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
-            m.momentum = None  # cumulative average: the stats of exactly this batch
+            m.momentum = None  # cumulative average: exactly this batch's statistics
+        low_res = torch.rand(n_images, 3, 8, 8)
+        images = F.interpolate(low_res, size=self.image_size, mode="bilinear", align_corners=False)
         self.backbone.train()
         with torch.no_grad():
-            self.backbone((images - self.mean) / self.std)
+            out = self.backbone((images - self.mean) / self.std)
+        self.backbone.eval()
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        self.backbone.eval()
+        if out.ndim == 4:  # the removed head did the pooling (e.g. squeezenet, maxvit)
+            return int(out.shape[1]), True
+        return int(out.flatten(1).shape[1]), False
 
     def _load_weights(self, path: str) -> None:
         obj = read_torch_file(path)

@@ -8,9 +8,14 @@ them through its object store without copying (zero-copy reads on a node).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# Arrays mapped from Ray's object store are read-only. Stages only read them, so
+# sharing them with torch instead of copying is safe; torch's warning says nothing new.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -74,7 +75,7 @@ class Pipeline:
         self.vision = StageActor.options(**placement).remote("vision", cfg, threads)
         self.audio = StageActor.options(**placement).remote("audio", cfg, threads)
         self.fusion = StageActor.options(**placement).remote("fusion", cfg, threads)
-        self._slots = asyncio.Semaphore(cfg.runtime.max_concurrent_streams)
+        self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     async def warm_up(self) -> list[str]:
         """Wait until every operator is loaded; returns their devices."""
@@ -92,7 +93,10 @@ class Pipeline:
 
     async def run_stream(self, stream_id: str, uri: str, sink: Sink,
                          on_progress: ProgressFn | None = None) -> StreamResult:
-        async with self._slots:
+        # One semaphore per event loop: a Pipeline outlives the asyncio.run() of one replay.
+        slots = self._slots.setdefault(asyncio.get_running_loop(),
+                                       asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
+        async with slots:
             decoder = DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(stream_id, uri, self.cfg)
             try:
                 return await self._run_stream(decoder, stream_id, uri, sink, on_progress)

@@ -157,13 +157,20 @@ def _count(window: AlignedWindow, modality: str) -> int:
     return 0 if rows is None else len(rows)
 
 
+# How close to its peak a signal must come to count as reaching it (ties are common:
+# a flash or a beep is flat at its peak, and the first time it is reached is the news).
+_PEAK_TOLERANCE = {"luma_mean": 0.02, "rms_dbfs": 1.0}
+
+
 def _window_signals(window: AlignedWindow) -> dict[str, float]:
-    """Where in the window the picture was brightest and the sound loudest (for inspection)."""
+    """How bright and loud the window got, and when it first did (for inspection and tests)."""
     signals: dict[str, float] = {}
     for modality, column, prefix in (("video", "luma_mean", "peak_luma"), ("audio", "rms_dbfs", "peak_dbfs")):
         rows = window.rows.get(modality)
         if rows is not None and len(rows):
-            i = int(np.argmax(rows.columns[column]))
-            signals[prefix] = round(float(rows.columns[column][i]), 4)
-            signals[f"{prefix}_t_s"] = round(float(rows.t_s[i]), 3)
+            values = rows.columns[column]
+            peak = float(values.max())
+            first = int(np.argmax(values >= peak - _PEAK_TOLERANCE[column]))
+            signals[prefix] = round(peak, 4)
+            signals[f"{prefix}_t_s"] = round(float(rows.t_s[first]), 3)
     return signals

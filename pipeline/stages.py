@@ -8,8 +8,6 @@ mapped from its object store; ``torch.from_numpy`` shares them without copying.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -25,11 +23,6 @@ from operators import (
 )
 from pipeline.config import Config
 from pipeline.media import AudioRows, EncodedAudio, EncodedVideo, VideoFrames
-
-
-# Arrays mapped from Ray's object store are read-only; the operators only read them,
-# so sharing them with torch (instead of copying) is safe.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def _split(array: np.ndarray, lengths: list[int]) -> list[np.ndarray]:

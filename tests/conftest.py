@@ -1,0 +1,83 @@
+"""Shared fixtures: one real local Ray and one Pipeline for the whole session
+(starting operator actors costs seconds), and clips generated with PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ray
+
+from pipeline.config import load_config
+from pipeline.runtime import Pipeline, StreamResult
+from pipeline.sample import ClipSpec, write_clip
+from pipeline.sinks import JsonlSink
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = REPO.parent / "shared" / "media"
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    """Generated clips with the known timeline of pipeline.sample, by variant name."""
+    folder = tmp_path_factory.mktemp("clips")
+    variants = {
+        "av.mp4": ClipSpec(),
+        "audio_late.mp4": ClipSpec(audio_offset_s=0.5),
+        "vfr.mkv": ClipSpec(variable_frame_rate=True),
+        "video_only.mp4": ClipSpec(audio=False),
+        "audio_only.m4a": ClipSpec(video=False),
+        "stereo48k.mp4": ClipSpec(audio_rate_hz=48000, audio_channels=2),
+    }
+    return {name: write_clip(folder / name, spec) for name, spec in variants.items()}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@dataclass
+class Replay:
+    results: list[StreamResult]
+    records: list[dict]
+
+    def of(self, record_type: str, stream_id: str | None = None) -> list[dict]:
+        return [r for r in self.records
+                if r["type"] == record_type and (stream_id is None or r["stream_id"] == stream_id)]
+
+    def events(self, stream_id: str | None = None, label: str | None = None) -> list[dict]:
+        return [e for e in self.of("event", stream_id) if label is None or e["label"] == label]
+
+
+@pytest.fixture(scope="session")
+def pipeline(ray_session):
+    cfg = load_config(None, ["records.windows=true", "records.stdout=false"], environ={})
+    pipe = Pipeline(cfg)
+    asyncio.run(pipe.warm_up())
+    yield pipe
+    pipe.shutdown()
+
+
+@pytest.fixture
+def replay(pipeline, tmp_path):
+    """Replay paths through the shared pipeline into a real JSONL sink; returns what was written."""
+    counter = iter(range(1000))
+
+    def run(*paths, stream_ids=None) -> Replay:
+        out = tmp_path / f"records-{next(counter)}.jsonl"
+        sink = JsonlSink(out)
+        try:
+            results = asyncio.run(pipeline.replay([str(p) for p in paths], sink, stream_ids=stream_ids))
+        finally:
+            sink.close()
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        return Replay(results, records)
+
+    return run
