@@ -139,9 +139,10 @@ class WeightedFusion(nn.Module):
         pooled_audio = self.audio_proj(masked_mean(audio, audio_mask)).to(pooled_video.dtype)
         logits = torch.cat([self.video_gate(pooled_video), self.audio_gate(pooled_audio)], dim=1).float()
         present = torch.stack([video_mask.any(dim=1), audio_mask.any(dim=1)], dim=1)
-        # A finite floor instead of -inf: with both absent the softmax stays finite.
+        # The floor gives an absent modality exactly zero weight; unlike -inf it keeps
+        # the softmax finite when both are absent (the caller zeroes those rows).
         gates = torch.softmax(logits.masked_fill(~present, torch.finfo(logits.dtype).min), dim=1)
-        gates = (gates * present).to(pooled_video.dtype)
+        gates = gates.to(pooled_video.dtype)
         return gates[:, :1] * pooled_video + gates[:, 1:] * pooled_audio, None
 
 

@@ -57,6 +57,7 @@ class AudioRowCutter:
         self._cut(final=True)
         self._resampler = None
         self._anchor_s = None
+        self._run_rows = 0
         self._expected_in_s = None
 
     def take_rows(self) -> AudioRows | None:

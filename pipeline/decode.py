@@ -23,9 +23,9 @@ from pipeline.config import Config
 from pipeline.errors import StreamOpenError
 from pipeline.media import MediaChunk, VideoFrames
 
-# After this many failed packets in a row a modality is given up (e.g. a
-# corrupt audio track): its windows are then masked, and the other modality goes on.
-MAX_CONSECUTIVE_PACKET_ERRORS = 25
+# After this many failed packets in a row a modality is given up (e.g. a corrupt
+# audio track, ~15 s of AAC): its windows are then masked and the other modality goes on.
+MAX_CONSECUTIVE_PACKET_ERRORS = 250
 
 
 @dataclass
@@ -37,10 +37,34 @@ class StreamInfo:
 
 @dataclass
 class _ModalityProgress:
+    kind: str
     watermark_s: float = 0.0
     done: bool = False
     consecutive_errors: int = 0
-    errors: int = 0
+    first_error_s: float | None = None
+    first_error: str = ""
+
+    def failed(self, packet_s: float | None, reason: str) -> str | None:
+        """Count one undecodable packet; returns a one-line reason if this modality now gives up."""
+        if self.consecutive_errors == 0:
+            self.first_error_s, self.first_error = packet_s, reason
+        self.consecutive_errors += 1
+        if self.consecutive_errors < MAX_CONSECUTIVE_PACKET_ERRORS:
+            return None
+        self.done = True
+        return f"{self.kind} decoding gave up: {self.run_description()}"
+
+    def recovered(self) -> str | None:
+        """A packet decoded again; returns a one-line description of the failed run, if any."""
+        if self.consecutive_errors == 0:
+            return None
+        description = self.run_description()
+        self.consecutive_errors = 0
+        return f"{self.kind} packets undecodable: {description}"
+
+    def run_description(self) -> str:
+        where = f" from {self.first_error_s:.2f}s" if self.first_error_s is not None else ""
+        return f"{self.consecutive_errors} in a row{where} ({self.first_error})"
 
 
 @dataclass
@@ -135,8 +159,8 @@ class MediaDecoder:
     def chunks(self) -> Iterator[MediaChunk]:
         cfg = self.cfg
         size = cfg.video.image_size
-        video = _ModalityProgress(done=self.video_stream is None)
-        audio = _ModalityProgress(done=self.audio_stream is None)
+        video = _ModalityProgress("video", done=self.video_stream is None)
+        audio = _ModalityProgress("audio", done=self.audio_stream is None)
         cutter = AudioRowCutter(cfg.audio.sample_rate_hz, cfg.audio.token_s) if self.audio_stream else None
         last_kept_slot = -1
         seq = 0
@@ -169,16 +193,6 @@ class MediaDecoder:
             pending = _PendingChunk(received_wall_s=time.time())
             return chunk
 
-        def fail_packet(progress: _ModalityProgress, kind: str, exc: BaseException) -> None:
-            progress.errors += 1
-            progress.consecutive_errors += 1
-            self.decode_errors += 1
-            if progress.consecutive_errors == MAX_CONSECUTIVE_PACKET_ERRORS:
-                progress.done = True
-                pending.errors.append(f"{kind} decoding gave up after {progress.consecutive_errors} bad packets: {_one_line(exc)}")
-            elif progress.errors == 1:
-                pending.errors.append(f"{kind} packet undecodable: {_one_line(exc)}")
-
         try:
             for packet in self.container.demux(*selected):
                 is_video = packet.stream is self.video_stream
@@ -188,9 +202,15 @@ class MediaDecoder:
                 try:
                     frames = packet.decode()
                 except (av.error.FFmpegError, ValueError) as exc:
-                    fail_packet(progress, "video" if is_video else "audio", exc)
+                    self.decode_errors += 1
+                    packet_s = float(packet.pts * packet.time_base) - self.origin_s if packet.pts is not None else None
+                    gave_up = progress.failed(packet_s, _one_line(exc))
+                    if gave_up:
+                        pending.errors.append(gave_up)
                     continue
-                progress.consecutive_errors = 0
+                recovered = progress.recovered()
+                if recovered:
+                    pending.errors.append(recovered)
                 for frame in frames:
                     if frame.pts is None:
                         continue
@@ -215,6 +235,9 @@ class MediaDecoder:
                     yield emit(final=False)
         except (av.error.FFmpegError, OSError) as exc:
             pending.errors.append(f"demuxing stopped: {_one_line(exc)}")
+        for progress in (video, audio):
+            if progress.consecutive_errors and not progress.done:
+                pending.errors.append(progress.recovered())
         yield emit(final=True)
 
 

@@ -8,6 +8,10 @@ class AvfuseError(Exception):
         self.stream_id = stream_id
         self.reason = reason
 
+    def __reduce__(self):
+        # Errors cross process boundaries (Ray); rebuild them from both fields.
+        return type(self), (self.stream_id, self.reason)
+
     def __str__(self) -> str:
         return f"[{self.stream_id}] {self.reason}" if self.stream_id else self.reason
 

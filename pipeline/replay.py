@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,7 +10,7 @@ from rich.table import Table
 
 from pipeline.config import Config
 from pipeline.runtime import Pipeline, StreamResult, init_ray, unique_stream_ids
-from pipeline.sinks import FanoutSink, JsonlSink, Sink, StdoutSink
+from pipeline.sinks import ErrorLinesSink, FanoutSink, JsonlSink, Sink, StdoutSink
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -49,7 +48,7 @@ def _results_table(results: list[StreamResult]) -> Table:
 
 
 def _build_sink(cfg: Config, console: Console) -> Sink:
-    sinks: list[Sink] = []
+    sinks: list[Sink] = [ErrorLinesSink()]
     if cfg.records.jsonl:
         sinks.append(JsonlSink(cfg.records.jsonl))
     if cfg.records.stdout:
@@ -78,9 +77,6 @@ def run_replay(cfg: Config, uris: list[str], show_progress: bool, debug: bool = 
         interrupted = True
     finally:
         sink.close()
-    for result in results:
-        if result.status == "failed":
-            print(f"avfuse: {result.stream_id}: {result.reason}", file=sys.stderr)
     if results:
         console.print(_results_table(results))
     if cfg.records.jsonl:

@@ -26,7 +26,9 @@ class JsonlSink:
     def __init__(self, path: str | Path, append: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = self.path.open("a" if append else "w", encoding="utf-8")
+        # Line-buffered: each record reaches the file whole and at once (tail -f works,
+        # and a killed process loses at most the line being written).
+        self._file: IO[str] = self.path.open("a" if append else "w", encoding="utf-8", buffering=1)
 
     def write(self, record: Record) -> None:
         self._file.write(record.to_json() + "\n")
@@ -51,8 +53,6 @@ def describe(record: Record) -> str | None:
         return (f"[{record.stream_id}] {kind}: {record.processed_s:.1f}s at {record.speed_x_realtime:.1f}x realtime; "
                 f"{counts}; silence {record.silence_s:.1f}s, black {record.black_s:.1f}s, "
                 f"frozen {record.frozen_s:.1f}s, scenes {record.scenes}")
-    if isinstance(record, Error):
-        return f"[{record.stream_id}] error ({record.stage}): {record.reason}"
     if isinstance(record, StreamStart):
         return f"[{record.stream_id}] start    {record.uri}"
     if isinstance(record, StreamEnd):
@@ -74,6 +74,23 @@ class StdoutSink:
 
     def flush(self) -> None:
         sys.stdout.flush()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class ErrorLinesSink:
+    """Each error record as one line on stderr: the user's one-line reason, no traceback."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self._stream = stream
+
+    def write(self, record: Record) -> None:
+        if isinstance(record, Error):
+            print(f"avfuse: [{record.stream_id}] {record.stage}: {record.reason}", file=self._stream or sys.stderr)
+
+    def flush(self) -> None:
+        (self._stream or sys.stderr).flush()
 
     def close(self) -> None:
         self.flush()
