@@ -120,7 +120,8 @@ def check_checkpoint(obj: Any, path: str | Path, kind: str, expected_preprocessi
     if not is_avfuse_checkpoint(obj):
         raise CheckpointError(f"checkpoint {path} is not an avfuse checkpoint")
     if obj.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {obj.get('version')!r}; this avfuse reads version {VERSION}")
+        found = obj.get("version")
+        raise CheckpointError(f"checkpoint {path} has version {found!r}; this avfuse reads version {VERSION}")
     if obj.get("kind") != kind:
         raise CheckpointError(f"checkpoint {path} holds a {obj.get('kind')!r}, not a {kind!r}")
     if not isinstance(obj.get("state_dict"), dict) or not isinstance(obj.get("preprocessing"), dict):

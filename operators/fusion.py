@@ -164,7 +164,8 @@ class FusionModel(nn.Module):
             video, batch.video_mask, batch.video_t_s, audio, batch.audio_mask, batch.audio_t_s
         )
         # A window with nothing in it has nothing to say: exact zeros, never NaN.
-        embedding = torch.where(present.any(dim=1, keepdim=True), embedding.float(), torch.zeros((), device=video.device))
+        zero = torch.zeros((), device=video.device)
+        embedding = torch.where(present.any(dim=1, keepdim=True), embedding.float(), zero)
         return FusionOutput(embedding, None if attn is None else attn.float(), present)
 
     def fuse(self, windows: Sequence[WindowInput]) -> FusionOutput:

@@ -66,7 +66,8 @@ class SignalFeatures(nn.Module):
     def video(self, frames_rgb_u8: torch.Tensor) -> VideoSignals:
         """uint8 [N, H, W, 3] RGB frames -> VideoSignals."""
         if frames_rgb_u8.dtype != torch.uint8 or frames_rgb_u8.ndim != 4 or frames_rgb_u8.shape[-1] != 3:
-            raise ValueError(f"expected uint8 frames [N, H, W, 3], got {frames_rgb_u8.dtype} {list(frames_rgb_u8.shape)}")
+            got = f"{frames_rgb_u8.dtype} {list(frames_rgb_u8.shape)}"
+            raise ValueError(f"expected uint8 frames [N, H, W, 3], got {got}")
         n, h, w, _ = frames_rgb_u8.shape
         weights = torch.tensor(_BT601, device=frames_rgb_u8.device)
         luma = (frames_rgb_u8.float() @ weights) / 255.0  # [N, H, W]
@@ -77,7 +78,9 @@ class SignalFeatures(nn.Module):
         for channel in range(3):  # one channel at a time keeps the int64 index small
             hist[:, channel].scatter_add_(1, bins[:, :, channel], torch.ones(n, h * w, device=hist.device))
         hist /= max(h * w, 1)
-        return VideoSignals(luma_mean=luma.mean(dim=(1, 2)), color_hist=hist.reshape(n, 3 * HIST_BINS), luma_thumb=thumb)
+        return VideoSignals(
+            luma_mean=luma.mean(dim=(1, 2)), color_hist=hist.reshape(n, 3 * HIST_BINS), luma_thumb=thumb
+        )
 
     def audio(self, rows: torch.Tensor, sample_rate_hz: int) -> AudioSignals:
         """float32 [K, R] mono rows in [-1, 1] -> AudioSignals with S = R // (sample_rate_hz // 100).

@@ -132,7 +132,8 @@ class VisionEncoder(nn.Module):
 
     def forward(self, frames_rgb_u8: torch.Tensor) -> torch.Tensor:
         size = self.image_size
-        if frames_rgb_u8.dtype != torch.uint8 or frames_rgb_u8.ndim != 4 or tuple(frames_rgb_u8.shape[1:]) != (size, size, 3):
+        shape_ok = frames_rgb_u8.ndim == 4 and tuple(frames_rgb_u8.shape[1:]) == (size, size, 3)
+        if frames_rgb_u8.dtype != torch.uint8 or not shape_ok:
             raise ValueError(
                 f"VisionEncoder expects uint8 frames [N, {size}, {size}, 3], "
                 f"got {frames_rgb_u8.dtype} {list(frames_rgb_u8.shape)}"

@@ -41,6 +41,8 @@ class AudioRowCutter:
     def push(self, frame: av.AudioFrame, t_s: float) -> None:
         if self._expected_in_s is not None and abs(t_s - self._expected_in_s) > GAP_TOLERANCE_S:
             self.flush()
+        if self._anchor_s is None and t_s < self._last_row_end_s - GAP_TOLERANCE_S:
+            return  # PTS went backwards (a broken stream): rows must stay in time order, so drop it
         if self._anchor_s is None:
             self._anchor_s = t_s
             self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate_hz)

@@ -34,7 +34,7 @@ class AudioConfig(Section):
 
 
 class DecodeConfig(Section):
-    chunk_s: float = Field(1.0, gt=0, description="media seconds per decoded chunk")
+    chunk_s: float = Field(2.0, gt=0, description="media seconds per decoded chunk (fewer, larger batches)")
     threads: int = Field(0, ge=0, description="PyAV decoder threads; 0 lets FFmpeg choose")
     max_inflight_chunks: int = Field(3, ge=1, description="decoded chunks in flight per stream (bounds memory)")
     realtime: bool = Field(False, description="pace decoding at media speed, as a live source would")

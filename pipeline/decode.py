@@ -221,8 +221,10 @@ class MediaDecoder:
                         slot = math.floor(t_s * cfg.video.fps + 1e-6)
                         if slot > last_kept_slot:
                             last_kept_slot = slot
-                            # Only kept frames pay for scaling and RGB conversion.
-                            pending.frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+                            # Only kept frames pay for scaling and RGB conversion. AREA is an
+                            # anti-aliased box filter, 3x cheaper than swscale's bicubic default.
+                            pending.frames.append(frame.to_ndarray(width=size, height=size, format="rgb24",
+                                                                   interpolation="AREA"))
                             pending.frame_pts_s.append(t_s)
                             self.frames_kept += 1
                     else:

@@ -138,7 +138,11 @@ class LoudOnsetDetector(_AudioDetector):
     """A sub-frame at >= min_dbfs and >= rise_db above the baseline (median of the previous
     baseline_s of contiguous sub-frames) opens an onset at its t_s; the first sub-frame back
     within rise_db / 2 of that baseline (or a gap, or the end of the media) closes it, and only
-    then can the next onset open. No onset opens before a full baseline exists."""
+    then can the next onset open. No onset opens before a full baseline exists.
+
+    An onset is a transient: once it has lasted baseline_s and the running baseline has caught
+    up with the level (sound that came back and stayed, e.g. after a silence), it closes as
+    "settled" instead of lasting as long as the sound does."""
 
     name = "loud_onset"
 
@@ -164,6 +168,8 @@ class LoudOnsetDetector(_AudioDetector):
             if onset is not None:
                 if level - onset["baseline_dbfs"] < cfg.rise_db / 2.0:
                     events.append(self._close(t_s, "fall"))
+                elif t_s - onset["start_s"] >= cfg.baseline_s and level - self._median() < cfg.rise_db / 2.0:
+                    events.append(self._close(t_s, "settled"))
                 elif level > onset["peak_dbfs"]:
                     onset["peak_dbfs"], onset["peak_t_s"] = level, t_s
             elif level >= cfg.min_dbfs and len(history) == history.maxlen:

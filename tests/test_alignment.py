@@ -7,6 +7,9 @@ import pytest
 
 from pipeline.alignment import AlignmentError, TimedRows, WindowAligner, WindowSpec
 
+# A window that is never decided, or decided one by one across a huge gap, shows up as a hang.
+pytestmark = pytest.mark.timeout(20)
+
 
 def rows(t_s, dim: int = 3) -> TimedRows:
     """Rows whose columns encode their own time, so a test can tell which row went where."""
@@ -37,14 +40,25 @@ def test_window_is_start_inclusive_end_exclusive_from_zero():
     assert list(spec.indices_containing(-0.001)) == []
 
 
-def test_indices_containing_agrees_with_window_bounds_despite_float_rounding():
-    spec = WindowSpec(window_s=0.3, hop_s=0.1)
-    for t in np.concatenate([np.arange(0, 500) * 0.1, np.random.default_rng(0).uniform(0, 50, 500)]):
+@pytest.mark.parametrize("window_s, hop_s", [(0.3, 0.1), (2.0, 1.0), (1.0, 1 / 3), (0.7, 0.7)])
+def test_indices_containing_agrees_with_window_bounds_despite_float_rounding(window_s, hop_s):
+    spec = WindowSpec(window_s, hop_s)
+    bounds = np.concatenate([[spec.start_s(k), spec.end_s(k)] for k in range(2000)])
+    # Times on and one ulp either side of every boundary, where t / hop_s rounds across it.
+    times = np.concatenate([bounds, np.nextafter(bounds, -np.inf), np.nextafter(bounds, np.inf)])
+    for t in times[times >= 0]:
         found = spec.indices_containing(float(t))
         assert len(found) >= 1
         assert all(spec.start_s(i) <= t < spec.end_s(i) for i in found)
         assert found.start == 0 or not spec.end_s(found.start - 1) > t
         assert not spec.start_s(found.stop) <= t
+
+
+def test_tumbling_windows_meet_exactly_despite_float_rounding():
+    spec = WindowSpec(window_s=0.7, hop_s=0.7)
+    for k in range(1, 20000):
+        assert spec.end_s(k - 1) == spec.start_s(k)  # no row can fall between two windows
+    assert spec.start_s(13) == 9.1 == 91 / 10  # a bound equals the time a PTS gives for it
 
 
 def test_hop_longer_than_window_is_rejected():
@@ -255,6 +269,25 @@ def test_lagging_modality_is_masked_and_counted():
     assert ws[0].rows["audio"] is None  # masked even though audio has rows in [0, 2)
     assert len(ws[0].rows["video"]) == 20
     assert al.stats.masked_lagging == {"video": 0, "audio": 1}
+
+
+def test_window_with_rows_only_from_a_masked_lagging_modality_is_skipped():
+    al = aligner(window_s=2.0, hop_s=1.0, max_skew_s=1.0)
+    al.add("audio", rows([0.2, 0.4]))  # audio stalls at 0.4 s
+    al.add("video", rows(ticks(5, 6.1)))  # video has nothing before 5 s, reaches 6.0 s
+    assert al.pop_ready() == []  # window 0: audio masked, video has no rows: nothing to fuse
+    assert al.stats.windows_emitted == 0 and al.stats.masked_lagging["audio"] == 0
+    al.add("audio", rows([0.6]))
+    assert al.stats.late_rows["audio"] == 1  # window 0 was decided all the same
+
+
+def test_a_long_gap_is_crossed_in_one_step():
+    al = aligner(window_s=2.0, hop_s=0.5)
+    for m in ("video", "audio"):
+        al.add(m, rows([0.5, 1e9]))  # a billion seconds later: windows one by one would hang
+        al.advance(m, 1e9 + 10)
+    ws = al.pop_ready()
+    assert [w.index for w in ws] == [0, 1] + list(al.spec.indices_containing(1e9))
 
 
 def test_late_rows_are_counted_and_dropped():
