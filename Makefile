@@ -33,7 +33,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) benchmarks/bench_replay.py
+	$(PY) -m benchmarks.bench_replay
 
 clean:
 	rm -rf out .pytest_cache

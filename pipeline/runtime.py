@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import ray
+import torch
 
 from pipeline.actors import DecodeActor, StageActor
 from pipeline.config import Config
@@ -70,6 +71,9 @@ class Pipeline:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        # The driver's torch work (feature differences) is tiny; more intra-op threads
+        # would only spin against the decoders for the same cores.
+        torch.set_num_threads(cfg.runtime.torch_threads)
         placement = {"num_cpus": 0, "num_gpus": cfg.runtime.encoder_gpus}
         threads = cfg.runtime.torch_threads
         self.vision = StageActor.options(**placement).remote("vision", cfg, threads)

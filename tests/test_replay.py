@@ -143,7 +143,12 @@ def test_periodic_summaries_every_n_stream_seconds(pipeline, replay, clips, monk
     assert summaries[0]["counts_by_label"]["scene_cut"] == 1  # only the cut at 3 s by then
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in SHARED_MEDIA.glob("*") if p.suffix in (".mp4", ".webm", ".mkv")))
+# A missing ../shared/media must fail, not silently parametrize to nothing.
+SHARED_CLIPS = sorted(p.name for p in SHARED_MEDIA.glob("*") if p.suffix in (".mp4", ".webm", ".mkv")) or [
+    "no clips found in ../shared/media"]
+
+
+@pytest.mark.parametrize("name", SHARED_CLIPS)
 def test_real_clip_replays_without_error(replay, name):
     run = replay(SHARED_MEDIA / name)
     result = run.results[0]
