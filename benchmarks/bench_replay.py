@@ -27,6 +27,7 @@ import ray
 
 from benchmarks.bench_media import decode_only, decode_only_parallel, write_bench_clip
 from pipeline.config import load_config
+from pipeline.sinks import NullSink
 from pipeline.runtime import Pipeline
 
 
@@ -61,17 +62,6 @@ class RssSampler:
         self._thread.join()
 
 
-class NullSink:
-    def write(self, record) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def pipeline_fps(pipeline: Pipeline, path: str, streams: int, frames_per_stream: int) -> float:
     started = time.perf_counter()
     results = asyncio.run(pipeline.replay([path] * streams, NullSink()))
@@ -99,7 +89,7 @@ def main() -> None:
     decode_fps_n = decode_only_parallel(str(clip), args.streams)
 
     cfg = load_config(None, ["records.stdout=false", *args.sets])
-    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     pipeline = Pipeline(cfg)
     asyncio.run(pipeline.warm_up())
     pipeline_fps(pipeline, str(clip), 1, frames)  # warm the worker pool and the operators' first batches

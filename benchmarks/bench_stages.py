@@ -25,20 +25,10 @@ import torch
 
 from benchmarks.bench_media import decode_only, decode_only_parallel, write_bench_clip
 from pipeline.config import load_config
+from pipeline.sinks import NullSink
 from pipeline.decode import MediaDecoder
 from pipeline.session import StreamSession
 from pipeline.stages import AudioStage, FusionStage, VisionStage
-
-
-class NullSink:
-    def write(self, record) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _decode_into(stream_id: str, path: str, cfg, out) -> None:

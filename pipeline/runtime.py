@@ -47,7 +47,9 @@ def init_ray(cfg: Config, debug: bool = False) -> None:
     if ray.is_initialized():
         return
     ray.init(
-        address=cfg.runtime.ray_address,
+        # "local" starts a fresh Ray even if `ray start` left a cluster on this machine:
+        # joining one is what --ray-address is for.
+        address=cfg.runtime.ray_address or "local",
         num_cpus=cfg.runtime.num_cpus if cfg.runtime.ray_address is None else None,
         include_dashboard=False,
         log_to_driver=debug,

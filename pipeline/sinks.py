@@ -113,3 +113,16 @@ class FanoutSink:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+class NullSink:
+    """Accepts and discards records (benchmarks measure the pipeline, not a file system)."""
+
+    def write(self, record: Record) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

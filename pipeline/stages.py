@@ -29,29 +29,40 @@ def _split(array: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
     return np.split(array, np.cumsum(lengths)[:-1])
 
 
+def _run_concatenated(inputs: list[np.ndarray], device: torch.device, forward) -> list[list[np.ndarray]]:
+    """One ``forward`` over the inputs stacked along dim 0; returns each input's share of every output.
+
+    ``forward`` takes the stacked tensor on ``device`` and returns a tuple of tensors whose
+    first dim matches it; shares come back as float32 numpy arrays in input order.
+    """
+    lengths = [len(x) for x in inputs]
+    stacked = np.concatenate(inputs) if len(inputs) > 1 else inputs[0]
+    outputs = forward(torch.from_numpy(stacked).to(device, non_blocking=True))
+    per_output = [_split(t.float().cpu().numpy(), lengths) for t in outputs]
+    return [[parts[i] for parts in per_output] for i in range(len(inputs))]
+
+
 class VisionStage:
     def __init__(self, cfg: Config):
         self.device = resolve_device(cfg.runtime.device)
         self.encoder = VisionEncoder(cfg.vision, cfg.video.image_size).to(self.device).eval()
         self.signals = SignalFeatures().to(self.device)
 
+    def _forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with autocast_for(self.device):
+            tokens = self.encoder(frames)
+        sig = self.signals.video(frames)
+        return tokens, sig.luma_mean, sig.color_hist, sig.luma_thumb
+
     @torch.inference_mode()
     def run_batch(self, items: list[VideoFrames]) -> list[EncodedVideo]:
-        lengths = [len(item) for item in items]
-        frames = np.concatenate([item.frames_rgb_u8 for item in items]) if len(items) > 1 else items[0].frames_rgb_u8
-        frames_t = torch.from_numpy(frames).to(self.device, non_blocking=True)
-        with autocast_for(self.device):
-            tokens = self.encoder(frames_t).float()
-        sig = self.signals.video(frames_t)
-        columns = [t.float().cpu().numpy() for t in (tokens, sig.luma_mean, sig.color_hist, sig.luma_thumb)]
-        per_item = [_split(c, lengths) for c in columns]
-        return [
-            EncodedVideo(item.pts_s, *(parts[i] for parts in per_item))
-            for i, item in enumerate(items)
-        ]
+        shares = _run_concatenated([item.frames_rgb_u8 for item in items], self.device, self._forward)
+        return [EncodedVideo(item.pts_s, *share) for item, share in zip(items, shares)]
 
 
 class AudioStage:
+    SUBFRAME_S = 0.01  # SignalFeatures.audio measures loudness and bands per 10 ms
+
     def __init__(self, cfg: Config):
         self.device = resolve_device(cfg.runtime.device)
         self.sample_rate_hz = cfg.audio.sample_rate_hz
@@ -59,21 +70,16 @@ class AudioStage:
         self.encoder = AudioEncoder(cfg.audio_encoder, cfg.audio.sample_rate_hz, row_samples).to(self.device).eval()
         self.signals = SignalFeatures().to(self.device)
 
+    def _forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with autocast_for(self.device):
+            tokens = self.encoder(rows)
+        sig = self.signals.audio(rows, self.sample_rate_hz)
+        return tokens, sig.rms_dbfs, sig.band_log_energy
+
     @torch.inference_mode()
     def run_batch(self, items: list[AudioRows]) -> list[EncodedAudio]:
-        lengths = [len(item) for item in items]
-        rows = np.concatenate([item.samples_f32 for item in items]) if len(items) > 1 else items[0].samples_f32
-        rows_t = torch.from_numpy(rows).to(self.device, non_blocking=True)
-        with autocast_for(self.device):
-            tokens = self.encoder(rows_t).float()
-        sig = self.signals.audio(rows_t, self.sample_rate_hz)
-        subframe_s = 1.0 / 100
-        columns = [t.float().cpu().numpy() for t in (tokens, sig.rms_dbfs, sig.band_log_energy)]
-        per_item = [_split(c, lengths) for c in columns]
-        return [
-            EncodedAudio(item.start_s, *(parts[i] for parts in per_item), subframe_s=subframe_s)
-            for i, item in enumerate(items)
-        ]
+        shares = _run_concatenated([item.samples_f32 for item in items], self.device, self._forward)
+        return [EncodedAudio(item.start_s, *share, subframe_s=self.SUBFRAME_S) for item, share in zip(items, shares)]
 
 
 class FusionStage:

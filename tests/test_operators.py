@@ -233,7 +233,9 @@ def test_two_constructions_give_identical_weights(vision, audio):
 
 
 def test_two_processes_produce_identical_vision_embeddings(vision):
+    # Same intra-op thread count as this process: reduction order, and so the last bits, depend on it.
     script = (
+        f"import torch; torch.set_num_threads({torch.get_num_threads()});"
         "import numpy as np, sys; from operators import VisionEncoder; from pipeline.config import VisionEncoderConfig;"
         f"x = np.random.default_rng(0).integers(0, 256, (2, {IMG}, {IMG}, 3), dtype=np.uint8);"
         f"sys.stdout.write(VisionEncoder(VisionEncoderConfig(embed_dim=32), {IMG}).encode(x).tobytes().hex())"
