@@ -16,6 +16,7 @@ import ray
 from pipeline.batching import MicroBatcher
 from pipeline.config import Config
 from pipeline.decode import MediaDecoder, StreamInfo
+from pipeline.errors import OperatorLoadError
 from pipeline.media import MediaChunk
 
 
@@ -68,12 +69,20 @@ class StageActor:
 
         torch.set_num_threads(torch_threads)
         self.kind = kind
-        self.stage = _make_stage(kind, cfg)
+        self.load_error: str | None = None
+        try:
+            self.stage = _make_stage(kind, cfg)
+        except Exception as exc:  # kept for ready(): a dead actor would only say that it died
+            self.load_error = f"{kind} operator: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            return
         self.batcher = MicroBatcher(
             self.stage.run_batch, len, _MAX_BATCH[kind](cfg), cfg.batching.max_wait_ms / 1000.0
         )
 
     def ready(self) -> str:
+        """The operator's device, or OperatorLoadError with the one-line reason it could not load."""
+        if self.load_error is not None:
+            raise OperatorLoadError(None, self.load_error)
         return str(self.stage.device)
 
     async def submit(self, payload: Any, part: str | None = None) -> Any:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Config, ConfigError, config_to_yaml, load_config
+from pipeline.errors import OperatorLoadError
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("avfuse")
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_replay(cfg, args.paths, show_progress=not args.no_progress and sys.stderr.isatty(), debug=args.debug)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OperatorLoadError as exc:  # the config names weights that do not fit it
+        print(f"avfuse: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:  # the last line of defence: one line unless --debug
         if args.debug:
             raise

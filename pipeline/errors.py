@@ -22,3 +22,7 @@ class StreamOpenError(AvfuseError):
 
 class StreamFailedError(AvfuseError):
     """A stream broke while running (truncated input, an actor died)."""
+
+
+class OperatorLoadError(AvfuseError):
+    """An operator could not be built from the config (e.g. a checkpoint that disagrees with it)."""

@@ -84,8 +84,12 @@ class Pipeline:
         self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     async def warm_up(self) -> list[str]:
-        """Wait until every operator is loaded; returns their devices."""
-        return list(await asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(), self.fusion.ready.remote()))
+        """Wait until every operator is loaded; returns their devices, or raises OperatorLoadError."""
+        try:
+            return list(await asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(),
+                                             self.fusion.ready.remote()))
+        except ray.exceptions.RayTaskError as exc:
+            raise _cause(exc) from None
 
     def shutdown(self) -> None:
         for actor in (self.vision, self.audio, self.fusion):

@@ -79,3 +79,17 @@ def test_ctrl_c_flushes_records_and_ends_streams_as_interrupted(tmp_path):
 
 def _peek(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_checkpoint_that_disagrees_with_the_config_exits_2_with_one_line(tmp_path):
+    from operators import VisionEncoder
+    from pipeline.config import VisionEncoderConfig
+
+    checkpoint = tmp_path / "vision96.pt"
+    VisionEncoder(VisionEncoderConfig(), 96).save(checkpoint)  # made for 96 px; the config says 128
+    clip = write_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=3.0))
+    result = run_cli("replay", str(clip), "--set", f"vision.checkpoint={checkpoint}", "--no-progress")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "checkpoint" in line]
+    assert len(lines) == 1 and "image_size: checkpoint=96 config=128" in lines[0]
