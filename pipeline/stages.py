@@ -45,7 +45,7 @@ def _run_concatenated(inputs: list[np.ndarray], device: torch.device, forward) -
 class VisionStage:
     def __init__(self, cfg: Config):
         self.device = resolve_device(cfg.runtime.device)
-        self.encoder = VisionEncoder(cfg.vision, cfg.video.image_size).to(self.device).eval()
+        self.encoder = VisionEncoder(cfg.vision, cfg.video.image_size).prepare_for_inference().to(self.device)
         self.signals = SignalFeatures().to(self.device)
 
     def _forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:

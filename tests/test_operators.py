@@ -417,3 +417,15 @@ def test_fusion_checkpoint_round_trip_and_strategy_mismatch(tmp_path, strategy):
     other = next(s for s in STRATEGIES if s != strategy)
     with pytest.raises(CheckpointMismatchError, match=f"strategy: checkpoint='{strategy}' config='{other}'"):
         fusion(other, checkpoint=str(tmp_path / "f.pt"))
+
+
+def test_vision_encoder_prepared_for_inference_gives_the_same_embeddings():
+    cfg = VisionEncoderConfig(embed_dim=32)
+    plain = VisionEncoder(cfg, IMG)
+    prepared = VisionEncoder(cfg, IMG).prepare_for_inference()
+    x = frames(4)
+    expected, got = plain.encode(x), prepared.encode(x)
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        prepared.save("unused.pt")
