@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from pipeline.replay import run_replay
 
-        return run_replay(cfg, args.paths, show_progress=not args.no_progress and sys.stderr.isatty(), debug=args.debug)
+        return run_replay(cfg, args.paths, show_progress=not args.no_progress, debug=args.debug)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OperatorLoadError as exc:  # the config names weights that do not fit it

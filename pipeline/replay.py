@@ -25,11 +25,14 @@ class ProgressBars:
             TextColumn("{task.fields[speed]}"), TimeElapsedColumn(),
             console=console, disable=not enabled, transient=False,
         )
-        self.tasks = {sid: self.progress.add_task(sid, total=None, stream_id=sid, total_s="?", speed="")
+        # Clocks start at a stream's first progress, so Ray start-up does not count against its speed.
+        self.tasks = {sid: self.progress.add_task(sid, total=None, start=False, stream_id=sid, total_s="?", speed="")
                       for sid in stream_ids}
 
     def update(self, stream_id: str, processed_s: float, duration_s: float | None) -> None:
         task_id = self.tasks[stream_id]
+        if not self.progress.tasks[task_id].started:
+            self.progress.start_task(task_id)
         elapsed = self.progress.tasks[task_id].elapsed or 0.0
         speed = f"{processed_s / elapsed:5.1f}x" if elapsed > 0 else ""
         self.progress.update(task_id, completed=processed_s, total=duration_s,
@@ -60,7 +63,7 @@ def run_replay(cfg: Config, uris: list[str], show_progress: bool, debug: bool = 
     console = Console(stderr=not cfg.records.stdout, highlight=False)
     stream_ids = unique_stream_ids(uris)
     sink = _build_sink(cfg, console)
-    bars = ProgressBars(console, stream_ids, enabled=show_progress)
+    bars = ProgressBars(console, stream_ids, enabled=show_progress and console.is_terminal)
     init_ray(cfg, debug=debug)
     results: list[StreamResult] = []
     interrupted = False

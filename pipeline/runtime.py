@@ -124,6 +124,8 @@ class Pipeline:
             sink.write(StreamEnd(stream_id, "failed", reason, 0.0, 0.0, 0, 0, 0, 0))
             return StreamResult(stream_id, uri, "failed", reason, 0.0, 0.0, 0)
         session = StreamSession(stream_id, uri, self.cfg, info, sink)
+        if on_progress is not None:
+            on_progress(stream_id, 0.0, info.duration_s)  # the stream's clock starts now
         status, reason = "ok", None
         try:
             await self._pump(decoder, session, info.duration_s, on_progress)
