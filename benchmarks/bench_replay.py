@@ -34,7 +34,7 @@ from pipeline.runtime import Pipeline
 class RssSampler:
     """Peak summed RSS of this process and every Ray worker on the node."""
 
-    def __init__(self, interval_s: float = 0.2):
+    def __init__(self, interval_s: float = 1.0):  # scanning processes costs CPU: not too often
         self.interval_s, self.peak_bytes = interval_s, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
