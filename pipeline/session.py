@@ -39,11 +39,11 @@ def _diff_to_previous(previous: np.ndarray | None, current: np.ndarray, fn) -> n
 class StreamSession:
     def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink):
         self.stream_id, self.uri, self.cfg, self.info, self.sink = stream_id, uri, cfg, info, sink
-        modalities = tuple(m for m, present in (("video", info.video), ("audio", info.audio)) if present)
         self.aligner = WindowAligner(stream_id, WindowSpec(cfg.align.window_s, cfg.align.hop_s),
                                      cfg.align.max_skew_s, ("video", "audio"))
-        for absent in {"video", "audio"} - set(modalities):
-            self.aligner.finish(absent)
+        for modality, present in (("video", info.video), ("audio", info.audio)):
+            if not present:
+                self.aligner.finish(modality)  # absent: windows never wait for it
         self.detectors = DetectorBank(stream_id, cfg.detectors)
         self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
                                       has_video=info.video is not None)
@@ -53,7 +53,6 @@ class StreamSession:
         self.video_end_s = self.audio_end_s = None
         self.processed_s = 0.0
         self.frames_decoded = self.frames_kept = self.decode_errors = self.events = 0
-        self.errors: list[str] = []
         self.closed = False
         sink.write(StreamStart(stream_id, uri, time.time(), info.duration_s, info.video, info.audio))
 
@@ -62,7 +61,6 @@ class StreamSession:
     def on_chunk(self, chunk: MediaChunk, video: EncodedVideo | None, audio: EncodedAudio | None) -> list[AlignedWindow]:
         """Take one decoded chunk and its encodings; returns windows now ready for fusion."""
         for reason in chunk.errors:
-            self.errors.append(reason)
             self.sink.write(Error(self.stream_id, "decode", reason, uri=self.uri, at=time.time()))
         self.frames_decoded += chunk.frames_decoded
         if video is not None:
