@@ -15,7 +15,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from operators.checkpoint import load_checkpoint, load_state_strict, save_checkpoint, seeded_init
+from operators.checkpoint import load_module_checkpoint, save_checkpoint, seeded_init
 from operators.device import module_device, run_on_device
 from pipeline.config import AudioEncoderConfig
 
@@ -57,8 +57,7 @@ class AudioEncoder(nn.Module):
             )
             self.proj = nn.Linear(hidden, cfg.embed_dim)
         if cfg.checkpoint:
-            checkpoint = load_checkpoint(cfg.checkpoint, KIND, self.preprocessing)
-            load_state_strict(self, checkpoint["state_dict"], cfg.checkpoint)
+            load_module_checkpoint(self, cfg.checkpoint, KIND)
         self.eval()
 
     @property

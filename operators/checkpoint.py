@@ -162,3 +162,9 @@ def load_state_strict(
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckpointError(f"checkpoint {path} does not fit the model: " + ", ".join(problems[:3]) + more)
     module.load_state_dict(state, strict=True)
+
+
+def load_module_checkpoint(module: nn.Module, path: str | Path, kind: str) -> None:
+    """Load an avfuse checkpoint of ``kind`` into ``module``, whose ``preprocessing`` it must match."""
+    checkpoint = load_checkpoint(path, kind, module.preprocessing)
+    load_state_strict(module, checkpoint["state_dict"], path)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from operators.checkpoint import load_checkpoint, load_state_strict, save_checkpoint, seeded_init
+from operators.checkpoint import load_module_checkpoint, save_checkpoint, seeded_init
 from operators.device import autocast_for, module_device
 from operators.fusion_strategies import STRATEGIES
 from pipeline.config import FusionConfig
@@ -143,8 +143,7 @@ class FusionModel(nn.Module):
         with seeded_init():
             self.strategy = STRATEGIES[cfg.strategy](cfg.dim, cfg.heads, self.video_dim, self.audio_dim)
         if cfg.checkpoint:
-            checkpoint = load_checkpoint(cfg.checkpoint, KIND, self.preprocessing)
-            load_state_strict(self, checkpoint["state_dict"], cfg.checkpoint)
+            load_module_checkpoint(self, cfg.checkpoint, KIND)
         self.eval()
 
     @property
