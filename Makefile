@@ -11,7 +11,7 @@ OUT ?= out/replay.jsonl
 SAMPLE := out/sample.mp4
 PYTEST_ARGS ?=
 
-.PHONY: setup replay sample test bench clean
+.PHONY: setup test-tools replay sample test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ sample: $(SAMPLE)
 replay: setup $(if $(VIDEO),,$(SAMPLE))
 	$(VENV)/bin/avfuse replay $(if $(VIDEO),$(VIDEO),$(SAMPLE)) --out $(OUT)
 
-test: setup
+# promtool (Debian's prometheus package) checks the metrics exposition in the tests.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+test-tools:
+	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: setup test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import ray
 
+from pipeline import metrics
 from pipeline.batching import MicroBatcher
 from pipeline.config import Config
 from pipeline.decode import MediaDecoder, StreamInfo
@@ -26,6 +27,8 @@ class DecodeActor:
         logging.getLogger("libav").setLevel(logging.ERROR)
         self._decoder = MediaDecoder(stream_id, uri, cfg, open_options)
         self._chunks: Iterator[MediaChunk] | None = None
+        self._label = metrics.stream_label(stream_id)
+        self._errors_counted = 0
 
     def open(self) -> StreamInfo:
         info = self._decoder.open()
@@ -40,7 +43,18 @@ class DecodeActor:
         if chunk is None or chunk.finished:
             self._chunks = None
             self._decoder.close()
+        if chunk is not None:
+            self._count(chunk)
         return chunk
+
+    def _count(self, chunk: MediaChunk) -> None:
+        m, label = metrics.get(), self._label
+        m.frames_decoded.labels(label).inc(chunk.frames_decoded)
+        m.frames_kept.labels(label).inc(len(chunk.video) if chunk.video is not None else 0)
+        m.audio_decoded.labels(label).inc(chunk.audio_decoded_s)
+        new_errors = self._decoder.decode_errors - self._errors_counted
+        self._errors_counted += new_errors
+        m.decode_errors.labels(label).inc(new_errors)
 
     def counters(self) -> dict[str, int]:
         return {"frames_kept": self._decoder.frames_kept, "decode_errors": self._decoder.decode_errors}
@@ -76,8 +90,25 @@ class StageActor:
             self.load_error = f"{kind} operator: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
             return
         self.batcher = MicroBatcher(
-            self.stage.run_batch, len, _MAX_BATCH[kind](cfg), cfg.batching.max_wait_ms / 1000.0
+            self.stage.run_batch, len, _MAX_BATCH[kind](cfg), cfg.batching.max_wait_ms / 1000.0,
+            on_batch=self._count_batch,
         )
+
+    def _count_batch(self, size: int, latency_s: float) -> None:
+        m = metrics.get()
+        m.operator_items.labels(self.kind).inc(size)
+        m.operator_batch_size.labels(self.kind).observe(size)
+        m.operator_batch_seconds.labels(self.kind).observe(latency_s)
+        device = self.stage.device
+        if device.type == "cuda":
+            import torch
+
+            m.gpu_memory.labels(self.kind, str(device)).set(torch.cuda.memory_allocated(device))
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def ready(self) -> str:
         """The operator's device, or OperatorLoadError with the one-line reason it could not load."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, config_to_yaml, load_config
 from pipeline.errors import OperatorLoadError
+from pipeline.logs import setup_logging
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("avfuse")
@@ -26,6 +27,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     parser.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
     parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text (default) or one JSON object per line, with stream_id and stage")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", help="JSONL file for every record (default: records.jsonl from the config)")
     replay.add_argument("--realtime", action="store_true", help="pace decoding at media speed")
     replay.add_argument("--no-progress", action="store_true", help="no progress bars")
+    replay.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve /metrics, /healthz, /readyz on PORT while the replay runs")
+    replay.add_argument("--metrics-textfile", metavar="PATH",
+                        help="write the final metrics here when the replay ends (node_exporter textfile "
+                             "collector format; name it *.prom)")
     _common(replay)
     sample = sub.add_parser("sample", help="write the synthetic demo clip with known events")
     sample.add_argument("out", metavar="OUT.mp4")
@@ -55,8 +63,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.WARNING,
+                  getattr(args, "log_format", "text"))
     if args.command == "sample":
         from pipeline.sample import write_clip
 
@@ -73,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from pipeline.replay import run_replay
 
-        return run_replay(cfg, args.paths, show_progress=not args.no_progress, debug=args.debug)
+        return run_replay(cfg, args.paths, show_progress=not args.no_progress, debug=args.debug,
+                          metrics_port=args.metrics_port, metrics_textfile=args.metrics_textfile,
+                          json_logs=args.log_format == "json")
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OperatorLoadError as exc:  # the config names weights that do not fit it

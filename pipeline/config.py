@@ -147,6 +147,14 @@ class RuntimeConfig(Section):
     max_concurrent_streams: int = Field(8, ge=1, description="streams decoded at once; more wait their turn")
 
 
+class MetricsConfig(Section):
+    port: int | None = Field(9108, ge=0, le=65535,
+                             description="/metrics, /healthz, /readyz of `avfuse run` on this port; null: none")
+    per_stream_labels: bool = Field(True, description="label series by stream (false bounds cardinality)")
+    dir: str | None = Field(None, description="folder the processes of a run share their samples in "
+                                              "(default: a fresh one under the temp folder)")
+
+
 class Config(Section):
     video: VideoConfig = VideoConfig()
     audio: AudioConfig = AudioConfig()
@@ -159,6 +167,7 @@ class Config(Section):
     detectors: DetectorsConfig = DetectorsConfig()
     records: RecordsConfig = RecordsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class ConfigError(ValueError):

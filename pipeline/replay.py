@@ -8,9 +8,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline import metrics
 from pipeline.config import Config
+from pipeline.exporter import Exporter, Readiness
 from pipeline.runtime import Pipeline, StreamResult, init_ray, unique_stream_ids
-from pipeline.sinks import ErrorLinesSink, FanoutSink, JsonlSink, Sink, StdoutSink
+from pipeline.sinks import ErrorLinesSink, FanoutSink, JsonlSink, LogSink, Sink, StdoutSink
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -50,8 +52,9 @@ def _results_table(results: list[StreamResult]) -> Table:
     return table
 
 
-def _build_sink(cfg: Config, console: Console) -> Sink:
-    sinks: list[Sink] = [ErrorLinesSink()]
+def _build_sink(cfg: Config, console: Console, json_logs: bool) -> Sink:
+    # With JSON logs stderr is for log aggregators: errors become log entries there too.
+    sinks: list[Sink] = [LogSink() if json_logs else ErrorLinesSink()]
     if cfg.records.jsonl:
         sinks.append(JsonlSink(cfg.records.jsonl))
     if cfg.records.stdout:
@@ -59,18 +62,24 @@ def _build_sink(cfg: Config, console: Console) -> Sink:
     return FanoutSink(sinks)
 
 
-def run_replay(cfg: Config, uris: list[str], show_progress: bool, debug: bool = False) -> int:
+def run_replay(cfg: Config, uris: list[str], show_progress: bool, debug: bool = False,
+               metrics_port: int | None = None, metrics_textfile: str | None = None,
+               json_logs: bool = False) -> int:
     console = Console(stderr=not cfg.records.stdout, highlight=False)
     stream_ids = unique_stream_ids(uris)
-    sink = _build_sink(cfg, console)
+    init_ray(cfg, debug=debug)  # first: it chooses the metrics folder every process counts into
+    readiness = Readiness("ray", "operators")
+    readiness.set("ray", True)
+    exporter = Exporter(metrics_port, readiness).start() if metrics_port is not None else None
+    sink = _build_sink(cfg, console, json_logs)
     bars = ProgressBars(console, stream_ids, enabled=show_progress and console.is_terminal)
-    init_ray(cfg, debug=debug)
     results: list[StreamResult] = []
     interrupted = False
 
     async def main() -> None:
         pipeline = Pipeline(cfg)
         await pipeline.warm_up()
+        readiness.set("operators", True)
         results.extend(await pipeline.replay(uris, sink, bars.update, stream_ids))
 
     try:
@@ -80,6 +89,10 @@ def run_replay(cfg: Config, uris: list[str], show_progress: bool, debug: bool = 
         interrupted = True
     finally:
         sink.close()
+        if metrics_textfile:
+            metrics.write_textfile(metrics_textfile)
+        if exporter is not None:
+            exporter.stop()
     if results:
         console.print(_results_table(results))
     if cfg.records.jsonl:

@@ -10,16 +10,22 @@ bounded number of outstanding decode requests (backpressure).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
+import tempfile
+import time
 import weakref
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import ray
 import torch
 
+from pipeline import metrics
 from pipeline.actors import DecodeActor, StageActor
 from pipeline.config import Config
 from pipeline.errors import StreamOpenError
@@ -43,19 +49,40 @@ class StreamResult:
     events: int
 
 
+def init_metrics(cfg: Config) -> None:
+    """Choose the folder this run's processes count into (before any metric exists)."""
+    os.environ[metrics.PER_STREAM_ENV] = "1" if cfg.metrics.per_stream_labels else "0"
+    if metrics.multiprocess_dir() is None:
+        if cfg.metrics.dir:
+            metrics.enable_multiprocess(cfg.metrics.dir)
+        else:
+            folder = metrics.enable_multiprocess(tempfile.mkdtemp(prefix="avfuse-metrics-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 def init_ray(cfg: Config, debug: bool = False) -> None:
     if ray.is_initialized():
         return
-    ray.init(
-        # "local" starts a fresh Ray even if `ray start` left a cluster on this machine:
-        # joining one is what --ray-address is for.
-        address=cfg.runtime.ray_address or "local",
-        num_cpus=cfg.runtime.num_cpus if cfg.runtime.ray_address is None else None,
-        include_dashboard=False,
-        log_to_driver=debug,
-        logging_level=logging.INFO if debug else logging.ERROR,
-        configure_logging=True,
-    )
+    init_metrics(cfg)
+    worker_env = metrics.worker_env(cfg.metrics.per_stream_labels)
+    # Ray's own daemons (dashboard, agents) use prometheus_client too; they must not
+    # inherit our folder. Our workers get it from runtime_env instead.
+    folder = os.environ.pop(metrics.MULTIPROC_ENV)
+    try:
+        ray.init(
+            # Every worker of this job counts into the driver's metrics folder.
+            runtime_env={"env_vars": worker_env},
+            # "local" starts a fresh Ray even if `ray start` left a cluster on this machine:
+            # joining one is what --ray-address is for.
+            address=cfg.runtime.ray_address or "local",
+            num_cpus=cfg.runtime.num_cpus if cfg.runtime.ray_address is None else None,
+            include_dashboard=False,
+            log_to_driver=debug,
+            logging_level=logging.INFO if debug else logging.ERROR,
+            configure_logging=True,
+        )
+    finally:
+        os.environ[metrics.MULTIPROC_ENV] = folder
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -92,8 +119,15 @@ class Pipeline:
             raise _cause(exc) from None
 
     def shutdown(self) -> None:
-        for actor in (self.vision, self.audio, self.fusion):
+        actors = (self.vision, self.audio, self.fusion)
+        try:  # their live gauges (GPU memory) must not outlive them
+            pids = ray.get([actor.pid.remote() for actor in actors], timeout=5)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            pids = []
+        for actor in actors:
             ray.kill(actor)
+        for pid in pids:
+            metrics.mark_process_dead(pid)
 
     async def replay(self, uris: list[str], sink: Sink, on_progress: ProgressFn | None = None,
                      stream_ids: list[str] | None = None) -> list[StreamResult]:
@@ -108,9 +142,12 @@ class Pipeline:
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
         async with slots:
             decoder = DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(stream_id, uri, self.cfg)
+            active = metrics.get().streams_active
+            active.inc()
             try:
                 return await self._run_stream(decoder, stream_id, uri, sink, on_progress)
             finally:
+                active.dec()
                 ray.kill(decoder)
 
     async def _run_stream(self, decoder, stream_id: str, uri: str, sink: Sink,
@@ -152,25 +189,50 @@ class Pipeline:
 
     async def _pump(self, decoder, session: StreamSession, duration_s: float | None,
                     on_progress: ProgressFn | None) -> None:
+        m = metrics.get()
+        inflight_gauge = {stage: m.inflight.labels(stage) for stage in ("decode", "vision", "audio", "fusion")}
+        lag = m.live_lag.labels(metrics.stream_label(session.stream_id)) if self.cfg.decode.realtime else None
         inflight = deque(decoder.next_chunk.remote() for _ in range(self.cfg.decode.max_inflight_chunks))
-        while inflight:
-            chunk_ref = inflight.popleft()
-            chunk = await chunk_ref
-            if chunk is None:
-                break
-            if not chunk.finished:
-                inflight.append(decoder.next_chunk.remote())
-            # The chunk travels by reference: each encoder reads it from the object store.
-            video, audio = await asyncio.gather(self.vision.submit.remote(chunk_ref, "video"),
-                                                self.audio.submit.remote(chunk_ref, "audio"))
-            windows = session.on_chunk(chunk, video, audio)
-            if windows:
-                embeddings = await self.fusion.submit.remote(session.fusion_inputs(windows))
-                session.on_fused(windows, embeddings)
-            if on_progress is not None:
-                on_progress(session.stream_id, session.processed_s, duration_s)
-            if chunk.finished:
-                break
+        inflight_gauge["decode"].inc(len(inflight))
+        try:
+            while inflight:
+                chunk_ref = inflight.popleft()
+                chunk = await chunk_ref
+                inflight_gauge["decode"].dec()
+                if chunk is None:
+                    break
+                if not chunk.finished:
+                    inflight.append(decoder.next_chunk.remote())
+                    inflight_gauge["decode"].inc()
+                # The chunk travels by reference: each encoder reads it from the object store.
+                with _inflight(inflight_gauge["vision"]), _inflight(inflight_gauge["audio"]):
+                    video, audio = await asyncio.gather(self.vision.submit.remote(chunk_ref, "video"),
+                                                        self.audio.submit.remote(chunk_ref, "audio"))
+                windows = session.on_chunk(chunk, video, audio)
+                if windows:
+                    started = time.perf_counter()
+                    with _inflight(inflight_gauge["fusion"]):
+                        embeddings = await self.fusion.submit.remote(session.fusion_inputs(windows))
+                    m.fusion_seconds.observe(time.perf_counter() - started)
+                    session.on_fused(windows, embeddings)
+                if lag is not None:
+                    lag.set(max(0.0, time.monotonic() - session.started_wall_s - session.processed_s))
+                if on_progress is not None:
+                    on_progress(session.stream_id, session.processed_s, duration_s)
+                if chunk.finished:
+                    break
+        finally:
+            inflight_gauge["decode"].dec(len(inflight))
+
+
+@contextmanager
+def _inflight(gauge):
+    """Counts a request in a gauge while it is outstanding."""
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
 
 
 def _truncation(processed_s: float, duration_s: float | None) -> str | None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from operators import WindowInput, frame_difference, histogram_distance, spectral_flux
+from pipeline import metrics
 from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
 from pipeline.config import Config
 from pipeline.decode import StreamInfo
@@ -53,6 +54,9 @@ class StreamSession:
         self.video_end_s = self.audio_end_s = None
         self.processed_s = 0.0
         self.frames_decoded = self.frames_kept = self.decode_errors = self.events = 0
+        self.media_arrived_wall_s: float | None = None  # when the chunk being processed reached avfuse
+        self._label = metrics.stream_label(stream_id)
+        self._late_counted = dict.fromkeys(self.aligner.stats.late_rows, 0)
         self.closed = False
         sink.write(StreamStart(stream_id, uri, time.time(), info.duration_s, info.video, info.audio))
 
@@ -60,6 +64,7 @@ class StreamSession:
 
     def on_chunk(self, chunk: MediaChunk, video: EncodedVideo | None, audio: EncodedAudio | None) -> list[AlignedWindow]:
         """Take one decoded chunk and its encodings; returns windows now ready for fusion."""
+        self.media_arrived_wall_s = chunk.received_wall_s or None
         for reason in chunk.errors:
             self.sink.write(Error(self.stream_id, "decode", reason, uri=self.uri, at=time.time()))
         self.frames_decoded += chunk.frames_decoded
@@ -75,7 +80,7 @@ class StreamSession:
         self.processed_s = max(self.processed_s, chunk.video_watermark_s, chunk.audio_watermark_s)
         periodic = self.summary.advance(self.processed_s)
         if periodic is not None:
-            self.sink.write(periodic)
+            self.sink.write(periodic, self.media_arrived_wall_s)
         return self._pop_windows()
 
     def _on_video(self, video: EncodedVideo) -> None:
@@ -105,14 +110,21 @@ class StreamSession:
 
     def _pop_windows(self) -> list[AlignedWindow]:
         windows = self.aligner.pop_ready()
-        self.summary.add_windows(len(windows), sum(w.partial for w in windows))
+        partial = sum(w.partial for w in windows)
+        self.summary.add_windows(len(windows), partial)
+        m = metrics.get()
+        m.windows.labels(self._label, "complete").inc(len(windows) - partial)
+        m.windows.labels(self._label, "partial").inc(partial)
+        for modality, late in self.aligner.stats.late_rows.items():
+            m.late_rows.labels(self._label, modality).inc(late - self._late_counted[modality])
+            self._late_counted[modality] = late
         return windows
 
     def _emit(self, events: list[Event]) -> None:
         for event in events:
             self.events += 1
             self.summary.add_event(event)
-            self.sink.write(event)
+            self.sink.write(event, self.media_arrived_wall_s)
 
     # -- fusion ----------------------------------------------------------------------
 
@@ -132,7 +144,8 @@ class StreamSession:
                 self.stream_id, window.index, window.start_s, window.end_s,
                 video_tokens=_count(window, "video"), audio_tokens=_count(window, "audio"),
                 missing=sorted(window.missing), fusion=self.cfg.fusion.strategy,
-                embedding=[round(float(x), 6) for x in embedding], signals=_window_signals(window)))
+                embedding=[round(float(x), 6) for x in embedding], signals=_window_signals(window)),
+                self.media_arrived_wall_s)
 
     # -- end -------------------------------------------------------------------------
 
@@ -142,7 +155,7 @@ class StreamSession:
             raise RuntimeError(f"stream {self.stream_id} closed twice")
         self.closed = True
         self._emit(self.detectors.finish(self.video_end_s, self.audio_end_s))
-        self.sink.write(self.summary.build(final=True))
+        self.sink.write(self.summary.build(final=True), self.media_arrived_wall_s)
         end = StreamEnd(self.stream_id, status, reason, round(self.processed_s, 3),
                         round(time.monotonic() - self.started_wall_s, 3), self.events,
                         self.frames_decoded, self.frames_kept, self.decode_errors)

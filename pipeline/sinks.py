@@ -1,23 +1,50 @@
 """Where records go. A Sink takes records in order and must not lose any it accepted.
 
-Contract: ``write(record)`` may block (backpressure) but never drops; ``flush()``
-returns once every accepted record is durable at the destination; ``close()``
-flushes. The Kafka sink (service mode) implements the same interface.
+Contract: ``write(record, arrived_wall_s)`` may block (backpressure) but never
+drops; ``arrived_wall_s`` is when the media the record was derived from reached
+avfuse (unix seconds; None for records not derived from media), for the
+end-to-end latency. ``flush()`` returns once every accepted record is durable at
+the destination; ``close()`` flushes. Sinks that deliver records (JSONL, Kafka)
+count what they acknowledged with a PublishMeter; display sinks do not.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Protocol
 
+from pipeline import metrics
 from pipeline.records import Error, Event, Record, StreamEnd, StreamStart, Summary
 
 
 class Sink(Protocol):
-    def write(self, record: Record) -> None: ...
+    def write(self, record: Record, arrived_wall_s: float | None = None) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+
+
+class PublishMeter:
+    """Counts one sink's acknowledged records, its publish latency and the end-to-end latency."""
+
+    def __init__(self, sink_name: str):
+        self.sink_name = sink_name
+        m = metrics.get()
+        self._publish_s = m.sink_publish_seconds.labels(sink_name)
+        self._end_to_end_s = m.end_to_end_seconds.labels(sink_name)
+
+    def acked(self, record: Record, handed_wall_s: float, arrived_wall_s: float | None) -> None:
+        now = time.time()
+        label = record.label if isinstance(record, Event) else ""
+        metrics.get().records_published.labels(self.sink_name, record.record_type, label).inc()
+        self._publish_s.observe(max(0.0, now - handed_wall_s))
+        if arrived_wall_s is not None:
+            self._end_to_end_s.observe(max(0.0, now - arrived_wall_s))
+
+    def failed(self, reason: str) -> None:
+        metrics.get().sink_failures.labels(self.sink_name, reason).inc()
 
 
 class JsonlSink:
@@ -29,9 +56,12 @@ class JsonlSink:
         # Line-buffered: each record reaches the file whole and at once (tail -f works,
         # and a killed process loses at most the line being written).
         self._file: IO[str] = self.path.open("a" if append else "w", encoding="utf-8", buffering=1)
+        self._meter = PublishMeter("jsonl")
 
-    def write(self, record: Record) -> None:
+    def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
+        handed_wall_s = time.time()
         self._file.write(record.to_json() + "\n")
+        self._meter.acked(record, handed_wall_s, arrived_wall_s)
 
     def flush(self) -> None:
         self._file.flush()
@@ -67,7 +97,7 @@ class StdoutSink:
         # A progress display passes its own printer so lines appear above its bars.
         self._print_line = print_line or (lambda line: print(line, flush=True))
 
-    def write(self, record: Record) -> None:
+    def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
         line = describe(record)
         if line is not None:
             self._print_line(line)
@@ -85,7 +115,7 @@ class ErrorLinesSink:
     def __init__(self, stream: IO[str] | None = None):
         self._stream = stream
 
-    def write(self, record: Record) -> None:
+    def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
         if isinstance(record, Error):
             print(f"avfuse: [{record.stream_id}] {record.stage}: {record.reason}", file=self._stream or sys.stderr)
 
@@ -96,15 +126,35 @@ class ErrorLinesSink:
         self.flush()
 
 
+class LogSink:
+    """Stream starts and ends at INFO, error records at WARNING, with stream_id and stage as fields
+    (service mode, where nobody watches stderr lines but a log aggregator does)."""
+
+    def __init__(self, logger: logging.Logger | None = None):
+        self._log = logger or logging.getLogger("avfuse.records")
+
+    def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
+        if isinstance(record, Error):
+            self._log.warning(record.reason, extra={"stream_id": record.stream_id, "stage": record.stage})
+        elif isinstance(record, (StreamStart, StreamEnd)):
+            self._log.info(describe(record), extra={"stream_id": record.stream_id, "stage": "stream"})
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class FanoutSink:
     """Writes every record to each of several sinks, in order."""
 
     def __init__(self, sinks: Iterable[Sink]):
         self.sinks = list(sinks)
 
-    def write(self, record: Record) -> None:
+    def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
         for sink in self.sinks:
-            sink.write(record)
+            sink.write(record, arrived_wall_s)
 
     def flush(self) -> None:
         for sink in self.sinks:
@@ -118,7 +168,7 @@ class FanoutSink:
 class NullSink:
     """Accepts and discards records (benchmarks measure the pipeline, not a file system)."""
 
-    def write(self, record: Record) -> None:
+    def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
         pass
 
     def flush(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import ray
 
 from pipeline.config import load_config
-from pipeline.runtime import Pipeline, StreamResult
+from pipeline.runtime import Pipeline, StreamResult, init_ray
 from pipeline.sample import ClipSpec, write_clip
 from pipeline.sinks import JsonlSink
 
@@ -38,7 +37,8 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    # The same start-up as the CLI's: workers count into this process's metrics folder.
+    init_ray(load_config(None, ["runtime.num_cpus=2"], environ={}))
     yield
     ray.shutdown()
 

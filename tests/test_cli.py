@@ -93,3 +93,60 @@ def test_checkpoint_that_disagrees_with_the_config_exits_2_with_one_line(tmp_pat
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "checkpoint" in line]
     assert len(lines) == 1 and "image_size: checkpoint=96 config=128" in lines[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_replay_serves_metrics_live_and_writes_the_final_textfile(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    clip = write_clip(tmp_path / "live.mp4", ClipSpec(duration_s=8.0))
+    port, textfile, out = _free_port(), tmp_path / "prom" / "avfuse.prom", tmp_path / "r.jsonl"
+    proc = subprocess.Popen([*AVFUSE, "replay", str(clip), "--realtime", "--no-progress", "--out", str(out),
+                             "--metrics-port", str(port), "--metrics-textfile", str(textfile),
+                             "--log-format", "json", "--set", "records.stdout=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen_ready, live_lag_seen = False, False
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                    seen_ready = seen_ready or reply.status == 200
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+                    live_lag_seen = live_lag_seen or "avfuse_live_lag_seconds{" in reply.read().decode()
+            except (urllib.error.URLError, ConnectionError):
+                pass  # not serving yet (Ray starting), or not ready: 503
+            time.sleep(0.2)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert seen_ready and live_lag_seen
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(textfile.read_text()) for s in family.samples}
+    events = [r for r in read_jsonl(out) if r["type"] == "event"]
+    published = sum(v for (name, labels), v in samples.items()
+                    if name == "avfuse_records_published_total" and ("type", "event") in labels)
+    assert published == len(events) > 0
+    assert samples[("avfuse_frames_kept_total", (("stream", "live.mp4"),))] == 32.0  # 4 fps x 8 s
+    check = subprocess.run(["promtool", "check", "metrics"], input=textfile.read_text(), capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_json_logs_carry_the_stream_and_stage(tmp_path):
+    out = run_cli("replay", str(tmp_path / "missing.mp4"), "--no-progress", "--log-format", "json",
+                  "--set", "records.stdout=false")
+    assert out.returncode == 1
+    logged = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    error = next(entry for entry in logged if entry["level"] == "warning")
+    assert error["stream_id"] == "missing.mp4" and error["stage"] == "open" and "missing.mp4" in error["msg"]
