@@ -19,13 +19,23 @@ from pipeline.config import Config
 from pipeline.decode import MediaDecoder, StreamInfo
 from pipeline.errors import OperatorLoadError
 from pipeline.media import MediaChunk
+from pipeline.segments import SegmentPipe
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"feed": 1})
 class DecodeActor:
-    def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None):
+    """Decodes one stream: a URI, or (``segmented``) the bytes ``feed`` hands it from Kafka.
+
+    ``feed`` runs on its own thread (concurrency group): it must get through while
+    ``open`` or ``next_chunk`` wait inside PyAV for more bytes. Those two stay on the
+    default group, one at a time and in the order they were called.
+    """
+
+    def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None,
+                 segmented: bool = False):
         logging.getLogger("libav").setLevel(logging.ERROR)
-        self._decoder = MediaDecoder(stream_id, uri, cfg, open_options)
+        self._pipe = SegmentPipe() if segmented else None
+        self._decoder = MediaDecoder(stream_id, uri, cfg, open_options, source=self._pipe)
         self._chunks: Iterator[MediaChunk] | None = None
         self._label = metrics.stream_label(stream_id)
         self._errors_counted = 0
@@ -55,6 +65,16 @@ class DecodeActor:
         new_errors = self._decoder.decode_errors - self._errors_counted
         self._errors_counted += new_errors
         m.decode_errors.labels(label).inc(new_errors)
+
+    @ray.method(concurrency_group="feed")
+    def feed(self, data: bytes) -> None:
+        """The next bytes of a segmented stream (blocks while the decoder is far behind)."""
+        self._pipe.feed(data)
+
+    @ray.method(concurrency_group="feed")
+    def end(self) -> None:
+        """No more bytes: the decoder finishes what it has and ends the stream."""
+        self._pipe.end()
 
     def counters(self) -> dict[str, int]:
         return {"frames_kept": self._decoder.frames_kept, "decode_errors": self._decoder.decode_errors}

@@ -1,7 +1,9 @@
-"""``avfuse`` command line: replay files, write the sample clip.
+"""``avfuse`` command line: replay files, run the Kafka service, write the sample clip.
 
-Exit codes: 0 every stream succeeded; 1 a stream failed (the others still
-completed); 2 usage or configuration error; 130 interrupted.
+Exit codes of ``replay``: 0 every stream succeeded; 1 a stream failed (the
+others still completed); 2 usage or configuration error; 130 interrupted.
+``run``: 0 after a SIGTERM drain; 1 the service could not go on (the broker
+unreachable at start, an exactly-once transaction failed: restart it); 2 usage.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the final metrics here when the replay ends (node_exporter textfile "
                              "collector format; name it *.prom)")
     _common(replay)
+    run = sub.add_parser("run", help="the Kafka service: consume jobs and media segments until SIGTERM")
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="override metrics.port")
+    _common(run)
     sample = sub.add_parser("sample", help="write the synthetic demo clip with known events")
     sample.add_argument("out", metavar="OUT.mp4")
     return parser
@@ -63,8 +68,9 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.WARNING,
-                  getattr(args, "log_format", "text"))
+    # The service is watched through its logs; a replay through its terminal output.
+    quiet = logging.INFO if args.command == "run" else logging.WARNING
+    setup_logging(logging.DEBUG if getattr(args, "debug", False) else quiet, getattr(args, "log_format", "text"))
     if args.command == "sample":
         from pipeline.sample import write_clip
 
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(config_to_yaml(cfg), end="")
         return EXIT_OK
     try:
+        if args.command == "run":
+            from pipeline.service import run_service
+
+            return run_service(cfg, args.metrics_port, debug=args.debug)
         from pipeline.replay import run_replay
 
         return run_replay(cfg, args.paths, show_progress=not args.no_progress, debug=args.debug,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 ENV_PREFIX = "AVFUSE__"
 
@@ -155,6 +155,55 @@ class MetricsConfig(Section):
                                               "(default: a fresh one under the temp folder)")
 
 
+class KafkaTopicsConfig(Section):
+    jobs: str = Field("avfuse.jobs", description="JSON jobs: start a stream from a URI, or stop one")
+    media: str = Field("avfuse.media", description="container bytes per stream (key stream_id, header seq/eos)")
+    events: str = "avfuse.events"
+    summaries: str = Field("avfuse.summaries", description="summaries, and each stream's start and end")
+    errors: str = "avfuse.errors"
+    windows: str = Field("avfuse.windows", description="fused window embeddings (when records.windows)")
+    progress: str = Field("avfuse.progress", description="exactly_once: records committed per open stream "
+                                                         "(compacted)")
+
+
+class KafkaSecurityConfig(Section):
+    """Passed through to kafka-python; secrets are never logged nor printed by --print-config."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+
+class UriPolicyConfig(Section):
+    allowed_schemes: list[str] = ["file", "http", "https", "rtsp", "rtmp", "srt"]
+    file_roots: list[str] = Field(default_factory=list, description="files outside these folders are refused")
+    allow_private_networks: bool = True
+
+
+class KafkaConfig(Section):
+    enabled: bool = Field(False, description="true: `avfuse run` consumes jobs/media and publishes records")
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "avfuse"
+    group_id: str = "avfuse"
+    consume: list[Literal["jobs", "media"]] = ["jobs", "media"]
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    transactional_id: str | None = Field(None, description="exactly_once: stable per replica (default: "
+                                                           "client_id-hostname)")
+    commit_interval_s: float = Field(1.0, gt=0, description="offsets (or transactions) at most this often")
+    max_outstanding_records: int = Field(10000, ge=1, description="unacknowledged records before writes block")
+    linger_ms: int = 5
+    delivery_timeout_ms: int = Field(300000, description="how long the producer retries one record")
+    topics: KafkaTopicsConfig = KafkaTopicsConfig()
+    security: KafkaSecurityConfig = KafkaSecurityConfig()
+    uri_policy: UriPolicyConfig = UriPolicyConfig()
+
+
 class Config(Section):
     video: VideoConfig = VideoConfig()
     audio: AudioConfig = AudioConfig()
@@ -168,6 +217,7 @@ class Config(Section):
     records: RecordsConfig = RecordsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     metrics: MetricsConfig = MetricsConfig()
+    kafka: KafkaConfig = KafkaConfig()
 
 
 class ConfigError(ValueError):

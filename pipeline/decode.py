@@ -90,9 +90,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 class MediaDecoder:
-    def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None):
+    """Decodes ``uri``, or with ``source`` a file-like object PyAV reads (a Kafka SegmentPipe;
+    ``uri`` then only names it in messages)."""
+
+    def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None,
+                 source: Any = None):
         self.stream_id = stream_id
         self.uri = uri
+        self.source = source
         self.cfg = cfg
         self.open_options = open_options or {}
         self.container = None
@@ -103,7 +108,8 @@ class MediaDecoder:
 
     def open(self) -> StreamInfo:
         try:
-            self.container = av.open(self.uri, options=self.open_options, timeout=(10.0, 30.0))
+            self.container = av.open(self.source if self.source is not None else self.uri,
+                                     options=self.open_options, timeout=(10.0, 30.0))
         except (OSError, av.error.FFmpegError, ValueError) as exc:
             raise StreamOpenError(self.stream_id, f"cannot open {self.uri}: {_one_line(exc)}") from exc
         c = self.container

@@ -33,7 +33,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         where = "".join(f"[{getattr(record, key)}] " for key in ("stream_id", "stage") if getattr(record, key, None))
-        line = f"{record.levelname} {record.name}: {where}{record.getMessage()}"
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {record.levelname} {record.name}: {where}{record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -45,3 +46,5 @@ def setup_logging(level: int, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # kafka-python narrates every connection at INFO; its warnings still show.
+    logging.getLogger("kafka").setLevel(max(level, logging.WARNING))

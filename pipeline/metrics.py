@@ -49,6 +49,7 @@ def enable_multiprocess(folder: str | Path, fresh: bool = True) -> Path:
     # prometheus_client picks its value class when it is imported; metrics made from
     # now on must use the shared files even if it was imported earlier.
     values.ValueClass = values.get_value_class()
+    get.cache_clear()  # metrics made before now counted in memory only
     return folder
 
 
@@ -69,8 +70,9 @@ def mark_process_dead(pid: int) -> None:
 class Metrics:
     """Every avfuse metric. Made once per process (``get()``), after the folder is chosen."""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
-        kw = {"registry": registry} if registry is not None else {}
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        kw = {"registry": registry}
         # decode (DecodeActor)
         self.frames_decoded = Counter("avfuse_frames_decoded_total", "Video frames decoded", ["stream"], **kw)
         self.frames_kept = Counter("avfuse_frames_kept_total",
@@ -138,7 +140,8 @@ def get() -> Metrics:
     folder = multiprocess_dir()
     if folder is not None:  # a Ray worker on another node: the folder is new there
         Path(folder).mkdir(parents=True, exist_ok=True)
-    return Metrics()
+    # A private registry: a process may make its Metrics again (enable_multiprocess).
+    return Metrics(CollectorRegistry())
 
 
 def worker_env(per_stream_labels: bool) -> dict[str, str]:
@@ -153,9 +156,7 @@ def collect() -> bytes:
     """The exposition text of this node: the shared folder when there is one, else this process."""
     folder = multiprocess_dir()
     if folder is None:
-        from prometheus_client import REGISTRY
-
-        return generate_latest(REGISTRY)
+        return generate_latest(get().registry)
     registry = CollectorRegistry()
     registry.register(_AvfuseOnly(multiprocess.MultiProcessCollector(None, path=folder)))
     return generate_latest(registry)

@@ -107,6 +107,7 @@ class Error(Record):
     uri: str | None = None
     fatal: bool = False
     at: float = field(default_factory=time.time)  # unix seconds
+    input: dict[str, Any] | None = None  # service mode: {topic, partition, offset} of the message concerned
 
 
 @dataclass

@@ -50,14 +50,17 @@ class StreamResult:
 
 
 def init_metrics(cfg: Config) -> None:
-    """Choose the folder this run's processes count into (before any metric exists)."""
+    """Choose the folder this run's processes count into (before any metric exists).
+
+    A folder inherited through the environment (a parent avfuse, a test run) is
+    not reused: two drivers in one folder would add up each other's counts.
+    """
     os.environ[metrics.PER_STREAM_ENV] = "1" if cfg.metrics.per_stream_labels else "0"
-    if metrics.multiprocess_dir() is None:
-        if cfg.metrics.dir:
-            metrics.enable_multiprocess(cfg.metrics.dir)
-        else:
-            folder = metrics.enable_multiprocess(tempfile.mkdtemp(prefix="avfuse-metrics-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    if cfg.metrics.dir:
+        metrics.enable_multiprocess(cfg.metrics.dir)
+    else:
+        folder = metrics.enable_multiprocess(tempfile.mkdtemp(prefix="avfuse-metrics-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 def init_ray(cfg: Config, debug: bool = False) -> None:
@@ -135,23 +138,34 @@ class Pipeline:
         tasks = [self.run_stream(sid, uri, sink, on_progress) for sid, uri in zip(stream_ids, uris)]
         return list(await asyncio.gather(*tasks))
 
+    def segmented_decoder(self, stream_id: str, uri: str):
+        """A decode actor for a stream whose bytes the caller feeds (Kafka media segments)."""
+        return DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(
+            stream_id, uri, self.cfg, None, True)
+
     async def run_stream(self, stream_id: str, uri: str, sink: Sink,
-                         on_progress: ProgressFn | None = None) -> StreamResult:
+                         on_progress: ProgressFn | None = None, decoder=None, live: bool | None = None,
+                         open_options: dict[str, str] | None = None) -> StreamResult:
+        """Run one stream to its end. ``decoder``: a segmented_decoder() the caller feeds;
+        ``live``: its media arrives in real time (counts lag behind real time)."""
         # One semaphore per event loop: a Pipeline outlives the asyncio.run() of one replay.
         slots = self._slots.setdefault(asyncio.get_running_loop(),
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
         async with slots:
-            decoder = DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(stream_id, uri, self.cfg)
+            if decoder is None:
+                decoder = DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(
+                    stream_id, uri, self.cfg, open_options)
             active = metrics.get().streams_active
             active.inc()
             try:
-                return await self._run_stream(decoder, stream_id, uri, sink, on_progress)
+                return await self._run_stream(decoder, stream_id, uri, sink, on_progress,
+                                              self.cfg.decode.realtime if live is None else live)
             finally:
                 active.dec()
                 ray.kill(decoder)
 
     async def _run_stream(self, decoder, stream_id: str, uri: str, sink: Sink,
-                          on_progress: ProgressFn | None) -> StreamResult:
+                          on_progress: ProgressFn | None, live: bool) -> StreamResult:
         try:
             info = await decoder.open.remote()
         except (ray.exceptions.RayError, StreamOpenError) as exc:
@@ -165,7 +179,7 @@ class Pipeline:
             on_progress(stream_id, 0.0, info.duration_s)  # the stream's clock starts now
         status, reason = "ok", None
         try:
-            await self._pump(decoder, session, info.duration_s, on_progress)
+            await self._pump(decoder, session, info.duration_s, on_progress, live)
             reason = _truncation(session.processed_s, info.duration_s)
             if reason:
                 status = "failed"
@@ -188,10 +202,10 @@ class Pipeline:
         return StreamResult(stream_id, uri, status, reason, end.processed_s, end.wall_s, end.events)
 
     async def _pump(self, decoder, session: StreamSession, duration_s: float | None,
-                    on_progress: ProgressFn | None) -> None:
+                    on_progress: ProgressFn | None, live: bool) -> None:
         m = metrics.get()
         inflight_gauge = {stage: m.inflight.labels(stage) for stage in ("decode", "vision", "audio", "fusion")}
-        lag = m.live_lag.labels(metrics.stream_label(session.stream_id)) if self.cfg.decode.realtime else None
+        lag = m.live_lag.labels(metrics.stream_label(session.stream_id)) if live else None
         inflight = deque(decoder.next_chunk.remote() for _ in range(self.cfg.decode.max_inflight_chunks))
         inflight_gauge["decode"].inc(len(inflight))
         try:

@@ -81,3 +81,14 @@ def replay(pipeline, tmp_path):
         return Replay(results, records)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """A real Apache Kafka broker: CI's (AVFUSE_TEST_KAFKA) or one started with scripts/kafka.sh."""
+    from tests.kafka_support import Broker
+
+    broker = Broker.get()
+    yield broker
+    if broker.owned:
+        broker.stop(clean=True)

@@ -1,0 +1,285 @@
+"""``avfuse run``: the Kafka service. Consumes jobs and media segments, publishes records.
+
+One asyncio loop owns the pipeline; the KafkaConsumer lives on one worker thread
+(kafka-python consumers are not thread-safe) and every call to it goes there.
+Per message:
+- a job starts a stream from a URI (checked by the URI policy) or stops one;
+- a media segment is fed to its stream's decoder, starting the stream on the
+  first segment and ending it on ``eos``.
+A message's offset is done when the stream it belongs to has ended and every
+record of that stream is acknowledged (``pipeline/offsets.py``); bad messages
+become error records and are done at once. Delivery (at-least-once or
+exactly-once with transactions) is the Committer's business.
+
+SIGTERM drains: no new messages, in-flight streams are stopped where they are
+(their windows finish, records flush), done offsets are committed, exit 0.
+Stopped streams are not done: after a restart they are processed again from
+the start, and deterministic event ids let consumers drop the repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import ray
+from kafka import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.delivery import Committer
+from pipeline.exporter import Exporter, Readiness
+from pipeline.jobs import BadJob, StartJob, StopJob, parse_job
+from pipeline.kafka_sink import KafkaSink, client_security
+from pipeline.offsets import OffsetTracker
+from pipeline.records import Error
+from pipeline.runtime import Pipeline, init_ray
+from pipeline.segments import SequenceCheck, parse_headers
+from pipeline.sinks import FanoutSink, LogSink, Sink
+from pipeline.uri_policy import UriPolicy, UriRefused, redact
+
+log = logging.getLogger("avfuse.service")
+
+
+@dataclass
+class _Stream:
+    stream_id: str
+    task: asyncio.Task
+    offsets: list[tuple[str, int, int]] = field(default_factory=list)  # every message that fed it
+    decoder: object | None = None  # segmented streams: the actor fed with bytes
+    sequence: SequenceCheck | None = None
+    ended: bool = False  # eos seen (segmented)
+    stop_requested: bool = False  # a stop job: stopping is its end, the stream is done
+
+
+class Service:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        k = cfg.kafka
+        self.topics = {"jobs": k.topics.jobs, "media": k.topics.media}
+        self.policy = UriPolicy(allowed_schemes=tuple(k.uri_policy.allowed_schemes),
+                                file_roots=tuple(k.uri_policy.file_roots),
+                                allow_private_networks=k.uri_policy.allow_private_networks)
+        self.readiness = Readiness("ray", "operators", "kafka")
+        self.offsets = OffsetTracker()
+        self.streams: dict[str, _Stream] = {}
+        self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="avfuse-consumer")
+        self._stopping = asyncio.Event()
+        self._m = metrics.get()
+
+    # -- consumer thread -------------------------------------------------------------
+
+    async def _on_consumer(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._consumer_thread, lambda: fn(*args, **kwargs))
+
+    def _make_consumer(self):
+        from kafka import KafkaConsumer
+
+        k = self.cfg.kafka
+        consumer = KafkaConsumer(
+            client_id=k.client_id, group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            # Offsets we commit say where work resumes; only committed input counts as done.
+            isolation_level="read_committed", max_poll_records=50, **client_security(k))
+        topics = [self.topics[name] for name in k.consume]
+        consumer.subscribe(topics, listener=_Rebalance(self))
+        return consumer
+
+    # -- main loop -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.pipeline = Pipeline(self.cfg)
+        self.readiness.set("ray", True)
+        await self.pipeline.warm_up()
+        self.readiness.set("operators", True)
+        self.consumer = await self._on_consumer(self._make_consumer)
+        self.committer = await self._on_consumer(Committer.create, self.cfg.kafka, self.consumer)
+        self.sink: Sink = FanoutSink([LogSink(), self.committer.sink])
+        self.readiness.set("kafka", True)
+        log.info("consuming %s from %s", ", ".join(self.topics[n] for n in self.cfg.kafka.consume),
+                 self.cfg.kafka.bootstrap_servers)
+        last_commit = time.monotonic()
+        while not self._stopping.is_set():
+            batches = await self._on_consumer(self.consumer.poll, timeout_ms=200)
+            for tp, messages in batches.items():
+                for message in messages:
+                    self._m.kafka_messages.labels(message.topic).inc()
+                    await self._dispatch(message)
+            if time.monotonic() - last_commit >= self.cfg.kafka.commit_interval_s:
+                await self._commit()
+                await self._on_consumer(self._update_lag)
+                last_commit = time.monotonic()
+        await self._drain()
+        return 0
+
+    async def _drain(self) -> None:
+        log.info("stopping: %d streams in flight", len(self.streams))
+        for stream in list(self.streams.values()):
+            stream.task.cancel()
+        await asyncio.gather(*(s.task for s in list(self.streams.values())), return_exceptions=True)
+        await self._commit()
+        await self._on_consumer(self.committer.close)
+        await self._on_consumer(self.consumer.close, autocommit=False)
+        self.pipeline.shutdown()
+
+    async def _commit(self) -> None:
+        offsets = self.offsets.committable()
+        await asyncio.to_thread(self.committer.sink.flush)
+        try:
+            await self._on_consumer(self.committer.commit, offsets)
+        except KafkaError as exc:  # at-least-once: the offsets stay pending and go with the next commit
+            log.warning("committing offsets failed (%s); will retry", exc, extra={"stage": "commit"})
+            return
+        self.offsets.committed(offsets)
+
+    def _update_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                position = self.consumer.position(tp)
+                self._m.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+
+    # -- messages --------------------------------------------------------------------
+
+    async def _dispatch(self, message) -> None:
+        where = (message.topic, message.partition, message.offset)
+        self.offsets.received(*where)
+        try:
+            if message.topic == self.topics["jobs"]:
+                self._on_job(message, where)
+            else:
+                await self._on_segment(message, where)
+        except (BadJob, UriRefused, _BadSegment) as exc:
+            self._bad_message(message, where, exc.reason if hasattr(exc, "reason") else str(exc))
+
+    def _bad_message(self, message, where: tuple[str, int, int], reason: str) -> None:
+        topic, partition, offset = where
+        key = message.key.decode("utf-8", "replace") if message.key else f"{topic}:{partition}:{offset}"
+        self._m.kafka_bad_messages.labels(topic, reason.split(":")[0][:40]).inc()
+        self.sink.write(Error(key or "-", "input", reason,
+                              input={"topic": topic, "partition": partition, "offset": offset}))
+        self.offsets.done(*where)
+
+    def _on_job(self, message, where) -> None:
+        job = parse_job(message.value)
+        if isinstance(job, StopJob):
+            stream = self.streams.get(job.stream_id)
+            if stream is not None:
+                stream.stop_requested = True
+                stream.task.cancel()
+            else:
+                log.info("stop for a stream that is not running", extra={"stream_id": job.stream_id, "stage": "jobs"})
+            self.offsets.done(*where)
+            return
+        if job.stream_id in self.streams:
+            raise BadJob(f"stream {job.stream_id!r} is already running")
+        uri = self.policy.check(job.uri)
+        self._start(job.stream_id, redact(uri), where, open_uri=uri, options=job.options)
+
+    async def _on_segment(self, message, where) -> None:
+        if not message.key:
+            raise _BadSegment("media message without a key (the key must be the stream_id)")
+        stream_id = message.key.decode("utf-8", "replace")
+        try:
+            seq, eos = parse_headers(message.headers)
+        except ValueError as exc:
+            raise _BadSegment(str(exc)) from None
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.ended:
+            raise _BadSegment(f"segment after the end of stream {stream_id!r}")
+        if stream is None:
+            stream = self._start(stream_id, f"kafka://{message.topic}/{stream_id}", where, segmented=True)
+        else:
+            stream.offsets.append(where)
+        problem = stream.sequence.check(seq)
+        if problem is not None:
+            if "gap" in problem:
+                self._m.segment_gaps.labels(metrics.stream_label(stream_id)).inc()
+            self.sink.write(Error(stream_id, "input", problem, uri=None,
+                                  input={"topic": where[0], "partition": where[1], "offset": where[2]}))
+            if "out of order" in problem:
+                return
+        if message.value:
+            await stream.decoder.feed.remote(message.value)
+        if eos:
+            stream.ended = True
+            stream.decoder.end.remote()
+
+    def _start(self, stream_id: str, uri: str, where, open_uri: str | None = None,
+               options: dict[str, str] | None = None, segmented: bool = False) -> _Stream:
+        decoder = self.pipeline.segmented_decoder(stream_id, uri) if segmented else None
+        sink = self.committer.stream_sink(stream_id, self.sink)
+        coro = self.pipeline.run_stream(stream_id, open_uri or uri, sink, decoder=decoder, live=segmented,
+                                        open_options=options)
+        stream = _Stream(stream_id, asyncio.ensure_future(coro), [where], decoder,
+                         SequenceCheck() if segmented else None)
+        self.streams[stream_id] = stream
+        stream.task.add_done_callback(lambda task: asyncio.ensure_future(self._ended(stream, task)))
+        return stream
+
+    async def _ended(self, stream: _Stream, task: asyncio.Task) -> None:
+        """A stream ended: once its records are acknowledged, its messages are done."""
+        if self.streams.get(stream.stream_id) is stream:
+            self.streams.pop(stream.stream_id)
+        if task.cancelled() and not stream.stop_requested:
+            return  # a drain or a rebalance stopped it: not done, it runs again from its first message
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stream failed: %s", task.exception(), extra={"stream_id": stream.stream_id, "stage": "runtime"})
+        await asyncio.to_thread(self.committer.sink.flush)
+        self.committer.finished(stream.stream_id)
+        for where in stream.offsets:
+            self.offsets.done(*where)
+
+    def revoke(self, partitions) -> None:
+        """Rebalance (consumer thread): stop streams fed from partitions another consumer now owns."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        for stream in list(self.streams.values()):
+            if any((topic, partition) in revoked for topic, partition, _ in stream.offsets):
+                self._loop.call_soon_threadsafe(stream.task.cancel)
+        for topic, partition in revoked:
+            self.offsets.forget(topic, partition)
+
+
+class _BadSegment(ValueError):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Rebalance(ConsumerRebalanceListener):
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+            self.service.revoke(revoked)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+
+def run_service(cfg: Config, metrics_port: int | None, debug: bool = False) -> int:
+    init_ray(cfg, debug=debug)
+    service = Service(cfg)
+    port = metrics_port if metrics_port is not None else cfg.metrics.port
+    exporter = Exporter(port, service.readiness).start() if port is not None else None
+
+    async def main() -> int:
+        service._loop = asyncio.get_running_loop()
+        return await service.run()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        if exporter is not None:
+            exporter.stop()
+        ray.shutdown()
