@@ -20,7 +20,8 @@ ENV_PREFIX = "AVFUSE__"
 
 class Section(BaseModel):
     # A typo in a key must fail, not be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              coerce_numbers_to_str=True)  # a password of digits stays a string
 
 
 class VideoConfig(Section):

@@ -107,7 +107,12 @@ class Service:
                  self.cfg.kafka.bootstrap_servers)
         last_commit = time.monotonic()
         while not self._stopping.is_set():
-            batches = await self._on_consumer(self.consumer.poll, timeout_ms=200)
+            try:
+                batches = await self._on_consumer(self.consumer.poll, timeout_ms=200)
+            except KafkaError as exc:  # the broker is away: streams go on, records wait in the sink
+                log.warning("polling failed (%s); retrying", exc, extra={"stage": "consume"})
+                await asyncio.sleep(1.0)
+                continue
             for tp, messages in batches.items():
                 for message in messages:
                     self._m.kafka_messages.labels(message.topic).inc()
@@ -131,20 +136,28 @@ class Service:
 
     async def _commit(self) -> None:
         offsets = self.offsets.committable()
-        await asyncio.to_thread(self.committer.sink.flush)
         try:
-            await self._on_consumer(self.committer.commit, offsets)
+            if self.cfg.kafka.delivery == "exactly_once":
+                # On this thread: nothing may be sent while the transaction commits. Every
+                # stream waits meanwhile (milliseconds; the whole outage if the broker is away).
+                self.committer.commit(offsets)
+            else:
+                await asyncio.to_thread(self.committer.sink.flush)
+                await self._on_consumer(self.committer.commit, offsets)
         except KafkaError as exc:  # at-least-once: the offsets stay pending and go with the next commit
             log.warning("committing offsets failed (%s); will retry", exc, extra={"stage": "commit"})
             return
         self.offsets.committed(offsets)
 
     def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            end = self.consumer.highwater(tp)
-            if end is not None:
-                position = self.consumer.position(tp)
-                self._m.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+        try:
+            for tp in self.consumer.assignment():
+                end = self.consumer.highwater(tp)
+                if end is not None:
+                    position = self.consumer.position(tp, timeout_ms=1000)
+                    self._m.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+        except KafkaError as exc:  # only a gauge: next time
+            log.debug("consumer lag not updated: %s", exc)
 
     # -- messages --------------------------------------------------------------------
 
@@ -237,13 +250,19 @@ class Service:
         for where in stream.offsets:
             self.offsets.done(*where)
 
-    def revoke(self, partitions) -> None:
-        """Rebalance (consumer thread): stop streams fed from partitions another consumer now owns."""
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
+    def reassigned(self, assigned) -> None:
+        """Rebalance (consumer thread): stop streams fed from partitions this consumer no longer owns.
+
+        Decided on assignment, not revocation: an eager rebalance revokes every partition
+        first (a broker restart does that too), and most come straight back.
+        """
+        owned = {(tp.topic, tp.partition) for tp in assigned}
+        lost = set()
         for stream in list(self.streams.values()):
-            if any((topic, partition) in revoked for topic, partition, _ in stream.offsets):
+            if any((topic, partition) not in owned for topic, partition, _ in stream.offsets):
                 self._loop.call_soon_threadsafe(stream.task.cancel)
-        for topic, partition in revoked:
+                lost.update((topic, partition) for topic, partition, _ in stream.offsets)
+        for topic, partition in lost - owned:
             self.offsets.forget(topic, partition)
 
 
@@ -261,10 +280,10 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked) -> None:
         if revoked:
             log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
-            self.service.revoke(revoked)
 
     def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        self.service.reassigned(assigned)
 
 
 def run_service(cfg: Config, metrics_port: int | None, debug: bool = False) -> int:

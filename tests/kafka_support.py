@@ -130,7 +130,7 @@ class Reader:
         from kafka import KafkaConsumer
 
         self.consumer = KafkaConsumer(*topics, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                                      group_id=None, enable_auto_commit=False,
+                                      group_id=None, enable_auto_commit=False, reconnect_backoff_max_ms=1000,
                                       isolation_level="read_committed" if read_committed else "read_uncommitted")
         self.messages: list = []
 
