@@ -146,3 +146,20 @@ class StageActor:
     def stats(self) -> dict[str, float]:
         s = self.batcher.stats
         return {"batches": s.batches, "items": s.items, "size_total": s.size_total}
+
+
+@ray.remote(num_cpus=0)
+class NodeExporter:
+    """The scrape target of a node without a driver: serves the node's metrics folder.
+
+    Placed on its node by ``runtime.start_node_exporters``; the driver's node is
+    served by the driver's own exporter.
+    """
+
+    def __init__(self, port: int):
+        from pipeline.exporter import Exporter, Readiness
+
+        self._exporter = Exporter(port, Readiness()).start()
+
+    def port(self) -> int:
+        return self._exporter.port

@@ -26,7 +26,7 @@ import ray
 import torch
 
 from pipeline import metrics
-from pipeline.actors import DecodeActor, StageActor
+from pipeline.actors import DecodeActor, NodeExporter, StageActor
 from pipeline.config import Config
 from pipeline.errors import StreamOpenError
 from pipeline.records import Error, StreamEnd
@@ -88,6 +88,19 @@ def init_ray(cfg: Config, debug: bool = False) -> None:
         os.environ[metrics.MULTIPROC_ENV] = folder
 
 
+def start_node_exporters(port: int, include_driver_node: bool = False) -> list:
+    """One NodeExporter on every other alive node of the cluster, each on ``port``.
+
+    Nodes that join later are not covered until the next start (see the README).
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return [NodeExporter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+            .remote(port)
+            for node in ray.nodes() if node["Alive"] and (include_driver_node or node["NodeID"] != here)]
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The user-level error inside a Ray task error, when there is one."""
     return getattr(exc, "cause", None) or exc
@@ -145,9 +158,11 @@ class Pipeline:
 
     async def run_stream(self, stream_id: str, uri: str, sink: Sink,
                          on_progress: ProgressFn | None = None, decoder=None, live: bool | None = None,
-                         open_options: dict[str, str] | None = None) -> StreamResult:
+                         open_options: dict[str, str] | None = None,
+                         stop: asyncio.Event | None = None) -> StreamResult:
         """Run one stream to its end. ``decoder``: a segmented_decoder() the caller feeds;
-        ``live``: its media arrives in real time (counts lag behind real time)."""
+        ``live``: its media arrives in real time (counts lag behind real time); ``stop``: once
+        set, the stream ends after the chunk in hand, its windows fused (status interrupted)."""
         # One semaphore per event loop: a Pipeline outlives the asyncio.run() of one replay.
         slots = self._slots.setdefault(asyncio.get_running_loop(),
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
@@ -159,13 +174,13 @@ class Pipeline:
             active.inc()
             try:
                 return await self._run_stream(decoder, stream_id, uri, sink, on_progress,
-                                              self.cfg.decode.realtime if live is None else live)
+                                              self.cfg.decode.realtime if live is None else live, stop)
             finally:
                 active.dec()
                 ray.kill(decoder)
 
     async def _run_stream(self, decoder, stream_id: str, uri: str, sink: Sink,
-                          on_progress: ProgressFn | None, live: bool) -> StreamResult:
+                          on_progress: ProgressFn | None, live: bool, stop: asyncio.Event | None) -> StreamResult:
         try:
             info = await decoder.open.remote()
         except (ray.exceptions.RayError, StreamOpenError) as exc:
@@ -179,9 +194,11 @@ class Pipeline:
             on_progress(stream_id, 0.0, info.duration_s)  # the stream's clock starts now
         status, reason = "ok", None
         try:
-            await self._pump(decoder, session, info.duration_s, on_progress, live)
-            reason = _truncation(session.processed_s, info.duration_s)
-            if reason:
+            stopped = await self._pump(decoder, session, info.duration_s, on_progress, live, stop)
+            reason = "stopped before its end" if stopped else _truncation(session.processed_s, info.duration_s)
+            if stopped:
+                status = "interrupted"
+            elif reason:
                 status = "failed"
                 sink.write(Error(stream_id, "decode", reason, uri=uri, fatal=True))
         except asyncio.CancelledError:
@@ -202,7 +219,8 @@ class Pipeline:
         return StreamResult(stream_id, uri, status, reason, end.processed_s, end.wall_s, end.events)
 
     async def _pump(self, decoder, session: StreamSession, duration_s: float | None,
-                    on_progress: ProgressFn | None, live: bool) -> None:
+                    on_progress: ProgressFn | None, live: bool, stop: asyncio.Event | None) -> bool:
+        """Decode, encode, align and fuse until the stream ends; True if ``stop`` ended it first."""
         m = metrics.get()
         inflight_gauge = {stage: m.inflight.labels(stage) for stage in ("decode", "vision", "audio", "fusion")}
         lag = m.live_lag.labels(metrics.stream_label(session.stream_id)) if live else None
@@ -235,8 +253,11 @@ class Pipeline:
                     on_progress(session.stream_id, session.processed_s, duration_s)
                 if chunk.finished:
                     break
+                if stop is not None and stop.is_set():
+                    return True
         finally:
             inflight_gauge["decode"].dec(len(inflight))
+        return False
 
 
 @contextmanager

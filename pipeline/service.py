@@ -38,7 +38,7 @@ from pipeline.jobs import BadJob, StartJob, StopJob, parse_job
 from pipeline.kafka_sink import KafkaSink, client_security
 from pipeline.offsets import OffsetTracker
 from pipeline.records import Error
-from pipeline.runtime import Pipeline, init_ray
+from pipeline.runtime import Pipeline, init_ray, start_node_exporters
 from pipeline.segments import SequenceCheck, parse_headers
 from pipeline.sinks import FanoutSink, LogSink, Sink
 from pipeline.uri_policy import UriPolicy, UriRefused, redact
@@ -54,6 +54,7 @@ class _Stream:
     decoder: object | None = None  # segmented streams: the actor fed with bytes
     sequence: SequenceCheck | None = None
     ended: bool = False  # eos seen (segmented)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # ends it after the chunk in hand
     stop_requested: bool = False  # a stop job: stopping is its end, the stream is done
 
 
@@ -70,6 +71,7 @@ class Service:
         self.streams: dict[str, _Stream] = {}
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="avfuse-consumer")
         self._stopping = asyncio.Event()
+        self._endings: set[asyncio.Future] = set()  # streams that ended, their records not yet flushed
         self._m = metrics.get()
 
     # -- consumer thread -------------------------------------------------------------
@@ -111,8 +113,10 @@ class Service:
                 batches = await self._on_consumer(self.consumer.poll, timeout_ms=200)
             except KafkaError as exc:  # the broker is away: streams go on, records wait in the sink
                 log.warning("polling failed (%s); retrying", exc, extra={"stage": "consume"})
+                self.readiness.set("kafka", False, f"polling failed: {exc}")
                 await asyncio.sleep(1.0)
                 continue
+            self.readiness.set("kafka", True)
             for tp, messages in batches.items():
                 for message in messages:
                     self._m.kafka_messages.labels(message.topic).inc()
@@ -127,8 +131,11 @@ class Service:
     async def _drain(self) -> None:
         log.info("stopping: %d streams in flight", len(self.streams))
         for stream in list(self.streams.values()):
-            stream.task.cancel()
+            stream.stop.set()
+            if stream.decoder is not None:
+                stream.decoder.end.remote()  # a segmented decoder must not wait for bytes that will not come
         await asyncio.gather(*(s.task for s in list(self.streams.values())), return_exceptions=True)
+        await asyncio.gather(*list(self._endings), return_exceptions=True)
         await self._commit()
         await self._on_consumer(self.committer.close)
         await self._on_consumer(self.consumer.close, autocommit=False)
@@ -186,7 +193,9 @@ class Service:
             stream = self.streams.get(job.stream_id)
             if stream is not None:
                 stream.stop_requested = True
-                stream.task.cancel()
+                stream.stop.set()
+                if stream.decoder is not None:
+                    stream.decoder.end.remote()
             else:
                 log.info("stop for a stream that is not running", extra={"stream_id": job.stream_id, "stage": "jobs"})
             self.offsets.done(*where)
@@ -229,22 +238,31 @@ class Service:
                options: dict[str, str] | None = None, segmented: bool = False) -> _Stream:
         decoder = self.pipeline.segmented_decoder(stream_id, uri) if segmented else None
         sink = self.committer.stream_sink(stream_id, self.sink)
+        stop = asyncio.Event()
         coro = self.pipeline.run_stream(stream_id, open_uri or uri, sink, decoder=decoder, live=segmented,
-                                        open_options=options)
+                                        open_options=options, stop=stop)
         stream = _Stream(stream_id, asyncio.ensure_future(coro), [where], decoder,
-                         SequenceCheck() if segmented else None)
+                         SequenceCheck() if segmented else None, stop=stop)
         self.streams[stream_id] = stream
-        stream.task.add_done_callback(lambda task: asyncio.ensure_future(self._ended(stream, task)))
+        stream.task.add_done_callback(self._on_task_done(stream))
         return stream
+
+    def _on_task_done(self, stream: _Stream):
+        def done(task: asyncio.Task) -> None:
+            ending = asyncio.ensure_future(self._ended(stream, task))
+            self._endings.add(ending)
+            ending.add_done_callback(self._endings.discard)
+        return done
 
     async def _ended(self, stream: _Stream, task: asyncio.Task) -> None:
         """A stream ended: once its records are acknowledged, its messages are done."""
         if self.streams.get(stream.stream_id) is stream:
             self.streams.pop(stream.stream_id)
-        if task.cancelled() and not stream.stop_requested:
-            return  # a drain or a rebalance stopped it: not done, it runs again from its first message
         if not task.cancelled() and task.exception() is not None:
             log.error("stream failed: %s", task.exception(), extra={"stream_id": stream.stream_id, "stage": "runtime"})
+        interrupted = task.cancelled() or (task.exception() is None and task.result().status == "interrupted")
+        if interrupted and not stream.stop_requested:
+            return  # a drain or a rebalance stopped it: not done, it runs again from its first message
         await asyncio.to_thread(self.committer.sink.flush)
         self.committer.finished(stream.stream_id)
         for where in stream.offsets:
@@ -291,6 +309,7 @@ def run_service(cfg: Config, metrics_port: int | None, debug: bool = False) -> i
     service = Service(cfg)
     port = metrics_port if metrics_port is not None else cfg.metrics.port
     exporter = Exporter(port, service.readiness).start() if port is not None else None
+    node_exporters = start_node_exporters(port) if port else []  # one scrape target per node
 
     async def main() -> int:
         service._loop = asyncio.get_running_loop()
@@ -301,4 +320,6 @@ def run_service(cfg: Config, metrics_port: int | None, debug: bool = False) -> i
     finally:
         if exporter is not None:
             exporter.stop()
+        for actor in node_exporters:
+            ray.kill(actor)
         ray.shutdown()

@@ -67,3 +67,47 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
         assert not repeated, f"a read_committed consumer saw duplicates: {repeated}"
         ends = Counter(r["stream_id"] for r in records if r["type"] == "stream_end")
         assert all(ends[s] == 1 for s in outage_streams + crash_streams), ends
+
+
+def test_sink_blocks_at_its_bound_while_the_broker_is_away_and_delivers_everything_after(kafka_broker):
+    import threading
+
+    from pipeline.config import load_config
+    from pipeline.kafka_sink import KafkaSink, make_producer
+    from pipeline.records import Event
+    from tests.kafka_support import topics_for
+
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    cfg = load_config(None, [f"kafka.bootstrap_servers={kafka_broker.bootstrap}", "kafka.max_outstanding_records=3",
+                             *[f"kafka.topics.{k}={v}" for k, v in topics_for(prefix).items()]], environ={}).kafka
+    producer = make_producer(cfg)
+    sink = KafkaSink(producer, cfg)
+    events = [Event("cam", "scene_cut", float(i), float(i), 1.0, "scene_cut", "1") for i in range(10)]
+    sink.write(events[0])
+    sink.flush()  # the topic exists and the producer is connected
+    written = []
+
+    def write_rest() -> None:
+        for event in events[1:]:
+            sink.write(event)
+            written.append(event)
+
+    kafka_broker.stop()
+    writer = threading.Thread(target=write_rest)
+    try:
+        writer.start()
+        time.sleep(3)
+        assert writer.is_alive() and len(written) == 3 and sink.outstanding == 3  # blocked at the bound
+    finally:
+        kafka_broker.start()
+    writer.join(120)
+    assert not writer.is_alive() and len(written) == 9
+    sink.flush()
+    assert sink.outstanding == 0 and sink.acked == 10
+    producer.close()
+    reader = Reader(kafka_broker, [cfg.topics.events])
+    try:
+        records = reader.read_until(lambda rs: len(rs) >= 10, timeout_s=60, what="all ten events")
+    finally:
+        reader.close()
+    assert sorted(r["start_s"] for r in records) == [float(i) for i in range(10)]  # each once, none lost

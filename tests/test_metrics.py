@@ -173,3 +173,21 @@ def test_textfile_is_written_atomically_in_the_exposition_format(pipeline, tmp_p
     promtool_check(text)
     assert "avfuse_frames_decoded_total" in text
     assert [p.name for p in path.parent.iterdir()] == ["avfuse.prom"]  # no temp file left behind
+
+
+def test_a_node_exporter_actor_serves_the_same_node_totals_as_the_driver(pipeline, replay, clips):
+    from pipeline.runtime import start_node_exporters
+
+    replay(clips["av.mp4"], stream_ids=["m-node"])
+    import ray
+
+    [actor] = start_node_exporters(0, include_driver_node=True)  # a single-node cluster: on this node
+    try:
+        port = ray.get(actor.port.remote())
+        served = parse(get(f"http://127.0.0.1:{port}/metrics")[1])
+        here = parse(metrics.collect().decode())
+        for name in ("avfuse_frames_kept_total", "avfuse_operator_items_total", "avfuse_records_published_total"):
+            assert total(served, name) == total(here, name) > 0, name
+        assert total(served, "avfuse_frames_kept_total", stream="m-node") == 48
+    finally:
+        ray.kill(actor)
