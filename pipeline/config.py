@@ -196,6 +196,8 @@ class KafkaConfig(Section):
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
     transactional_id: str | None = Field(None, description="exactly_once: stable per replica (default: "
                                                            "client_id-hostname)")
+    new_topic_partitions: int = Field(3, ge=1, description="partitions of topics avfuse creates (more: more "
+                                                            "replicas can share the input)")
     commit_interval_s: float = Field(1.0, gt=0, description="offsets (or transactions) at most this often")
     max_outstanding_records: int = Field(10000, ge=1, description="unacknowledged records before writes block")
     linger_ms: int = 5

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pipeline.config import KafkaConfig
 from pipeline.kafka_sink import KafkaSink, client_security, make_producer
+from pipeline.kafka_topics import ensure_topics
 from pipeline.records import Record
 from pipeline.sinks import Sink
 
@@ -150,7 +151,7 @@ def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:
     """Every stream's committed progress, read to the end of the (compacted) progress topic."""
     from kafka import KafkaConsumer, TopicPartition
 
-    ensure_progress_topic(cfg)
+    ensure_topics(cfg, [cfg.topics.progress], {"cleanup.policy": "compact"})
     consumer = KafkaConsumer(client_id=f"{cfg.client_id}-progress", group_id=None, enable_auto_commit=False,
                              isolation_level="read_committed", **client_security(cfg))
     try:
@@ -168,21 +169,6 @@ def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:
         return progress
     finally:
         consumer.close()
-
-
-def ensure_progress_topic(cfg: KafkaConfig) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(client_id=f"{cfg.client_id}-admin", **client_security(cfg))
-    try:
-        admin.create_topics([NewTopic(cfg.topics.progress, num_partitions=1, replication_factor=-1,
-                                      topic_configs={"cleanup.policy": "compact"})])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
 
 
 class Committer:

@@ -35,7 +35,8 @@ from pipeline.config import Config
 from pipeline.delivery import Committer
 from pipeline.exporter import Exporter, Readiness
 from pipeline.jobs import BadJob, StartJob, StopJob, parse_job
-from pipeline.kafka_sink import KafkaSink, client_security
+from pipeline.kafka_sink import client_security
+from pipeline.kafka_topics import ensure_topics
 from pipeline.offsets import OffsetTracker
 from pipeline.records import Error
 from pipeline.runtime import Pipeline, init_ray, start_node_exporters
@@ -86,7 +87,9 @@ class Service:
         consumer = KafkaConsumer(
             client_id=k.client_id, group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             # Offsets we commit say where work resumes; only committed input counts as done.
-            isolation_level="read_committed", max_poll_records=50, **client_security(k))
+            isolation_level="read_committed", max_poll_records=50,
+            # Notice topics matching the subscription that appear later within seconds, not minutes.
+            metadata_max_age_ms=10000, **client_security(k))
         topics = [self.topics[name] for name in k.consume]
         consumer.subscribe(topics, listener=_Rebalance(self))
         return consumer
@@ -101,6 +104,10 @@ class Service:
         self.readiness.set("ray", True)
         await self.pipeline.warm_up()
         self.readiness.set("operators", True)
+        t = self.cfg.kafka.topics
+        await self._on_consumer(ensure_topics, self.cfg.kafka, [
+            *(self.topics[name] for name in self.cfg.kafka.consume), t.events, t.summaries, t.errors,
+            *([t.windows] if self.cfg.records.windows else [])])
         self.consumer = await self._on_consumer(self._make_consumer)
         self.committer = await self._on_consumer(Committer.create, self.cfg.kafka, self.consumer)
         self.sink: Sink = FanoutSink([LogSink(), self.committer.sink])

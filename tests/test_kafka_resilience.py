@@ -33,9 +33,11 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
     services = [service]
     try:
         service.wait_ready()
-        # 1. the broker stops for 10 s while streams are running
-        produce(kafka_broker, topics["jobs"], [job(s, str(clip)) for s in outage_streams])
+        # 1. the broker stops for 10 s while streams are running (and one is stopped by a job)
+        produce(kafka_broker, topics["jobs"], [job(s, str(clip)) for s in [*outage_streams, "stopped"]])
         reader.read_until(lambda rs: len(_events(rs, outage_streams)) >= 2, what="first events")
+        produce(kafka_broker, topics["jobs"], [(b"stopped", b'{"stream_id": "stopped", "action": "stop"}', None)])
+        reader.read_until(lambda rs: "stopped" in stream_ends(rs), what="the stop job to end its stream")
         kafka_broker.stop()
         time.sleep(10)
         kafka_broker.start()
@@ -58,6 +60,8 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
             if s.proc.poll() is None:
                 s.kill()
 
+    stopped = stream_ends(records)["stopped"]
+    assert stopped["status"] == "interrupted" and stopped["processed_s"] < 10.0, stopped
     for stream_ids in (outage_streams, crash_streams):
         expected = {e["event_id"] for e in clean.events() if e["stream_id"] in stream_ids}
         assert set(_events(records, stream_ids)) == expected, stream_ids  # nothing lost, nothing invented
@@ -66,7 +70,7 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
                     if n > 1}
         assert not repeated, f"a read_committed consumer saw duplicates: {repeated}"
         ends = Counter(r["stream_id"] for r in records if r["type"] == "stream_end")
-        assert all(ends[s] == 1 for s in outage_streams + crash_streams), ends
+        assert all(ends[s] == 1 for s in [*outage_streams, *crash_streams, "stopped"]), ends
 
 
 def test_sink_blocks_at_its_bound_while_the_broker_is_away_and_delivers_everything_after(kafka_broker):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient
 
 from pipeline.records import schema_for
 from tests.kafka_support import Reader, Service, job, produce, segment_messages, stream_ends, ts_segments
@@ -20,8 +20,7 @@ def _committed(broker, group: str, topic: str) -> int:
         offsets = admin.list_group_offsets(group)[group]
     finally:
         admin.close()
-    found = offsets.get(TopicPartition(topic, 0))
-    return found.offset if found is not None else -1
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
 
 
 def test_jobs_and_segments_in_records_out_and_bad_messages_become_error_records(
@@ -29,7 +28,8 @@ def test_jobs_and_segments_in_records_out_and_bad_messages_become_error_records(
     prefix = f"t{uuid.uuid4().hex[:8]}"
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(clips["av.mp4"].read_bytes())
-    service = Service(kafka_broker, prefix, tmp_path)
+    # One partition per topic: the two media streams are interleaved on it.
+    service = Service(kafka_broker, prefix, tmp_path, "kafka.new_topic_partitions=1")
     topics = service.topics
     reader = Reader(kafka_broker, [topics["events"], topics["summaries"], topics["errors"]])
     try:
