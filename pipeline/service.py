@@ -97,7 +97,7 @@ class Service:
     # -- main loop -------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.pipeline = Pipeline(self.cfg)
@@ -209,6 +209,9 @@ class Service:
             return
         if job.stream_id in self.streams:
             raise BadJob(f"stream {job.stream_id!r} is already running")
+        unsafe = sorted(_UNSAFE_OPEN_OPTIONS & job.options.keys())
+        if unsafe:  # they would let a job reach what the URI policy refuses
+            raise BadJob(f"open option {unsafe[0]!r} is not allowed in a job")
         uri = self.policy.check(job.uri)
         self._start(job.stream_id, redact(uri), where, open_uri=uri, options=job.options)
 
@@ -291,6 +294,10 @@ class Service:
             self.offsets.forget(topic, partition)
 
 
+# FFmpeg options that widen what an open may reach beyond the checked URI.
+_UNSAFE_OPEN_OPTIONS = frozenset({"protocol_whitelist", "protocol_blacklist", "http_proxy"})
+
+
 class _BadSegment(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -318,12 +325,8 @@ def run_service(cfg: Config, metrics_port: int | None, debug: bool = False) -> i
     exporter = Exporter(port, service.readiness).start() if port is not None else None
     node_exporters = start_node_exporters(port) if port else []  # one scrape target per node
 
-    async def main() -> int:
-        service._loop = asyncio.get_running_loop()
-        return await service.run()
-
     try:
-        return asyncio.run(main())
+        return asyncio.run(service.run())
     finally:
         if exporter is not None:
             exporter.stop()

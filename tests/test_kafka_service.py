@@ -40,6 +40,7 @@ def test_jobs_and_segments_in_records_out_and_bad_messages_become_error_records(
             (None, json.dumps({"stream_id": "x", "action": "pause"}).encode(), None),  # unknown action
             job("outside", "/etc/hostname"),                                       # refused by policy
             job("meta", "http://169.254.169.254/latest/meta-data/"),               # cloud metadata
+            job("opts", str(clip), options={"protocol_whitelist": "file,http,tcp"}),  # widens the policy
             job("from-job", str(clip)),
         ])
         segments = ts_segments(clip)
@@ -83,7 +84,8 @@ def test_jobs_and_segments_in_records_out_and_bad_messages_become_error_records(
     # every bad message: an error record naming the message, with a one-line reason
     errors = [r for r in records if r["type"] == "error"]
     by_offset = {(e["input"]["topic"], e["input"]["offset"]): e for e in errors if e.get("input")}
-    for offset, words in ((0, "JSON"), (1, "stream_id"), (2, "pause"), (3, "outside"), (4, "169.254.169.254")):
+    for offset, words in ((0, "JSON"), (1, "stream_id"), (2, "pause"), (3, "outside"), (4, "169.254.169.254"),
+                          (5, "protocol_whitelist")):
         error = by_offset[(topics["jobs"], offset)]
         assert words in error["reason"] and "\n" not in error["reason"], error
     assert any("key" in e["reason"] for e in errors if e["input"] and e["input"]["topic"] == topics["media"])
@@ -91,5 +93,5 @@ def test_jobs_and_segments_in_records_out_and_bad_messages_become_error_records(
     assert len(gap) == 1 and "expected seq 4, got 5" in gap[0]["reason"]
 
     # the drain committed every job and every segment
-    assert _committed(kafka_broker, prefix, topics["jobs"]) == 6
+    assert _committed(kafka_broker, prefix, topics["jobs"]) == 7
     assert _committed(kafka_broker, prefix, topics["media"]) == 2 * len(segments) + 1
