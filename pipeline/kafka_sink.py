@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any
 
 from pipeline.config import KafkaConfig
-from pipeline.records import SCHEMA_VERSION, Error, Event, Record, Summary, Window
+from pipeline.records import SCHEMA_VERSION, Error, Event, Record, Window
 from pipeline.sinks import PublishMeter
 
 log = logging.getLogger("avfuse.kafka")
@@ -82,11 +82,14 @@ class KafkaSink:
         self.sent = self.acked = self.failures = 0
 
     def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
-        self._resend()
-        with self._lock:
-            while self._outstanding >= self._cfg.max_outstanding_records:
-                self._lock.wait(0.5)  # backpressure: the broker has not caught up
-            self._outstanding += 1
+        while True:
+            self._resend()  # failed records count as outstanding: only sending them again frees room
+            with self._lock:
+                if self._outstanding < self._cfg.max_outstanding_records:
+                    self._outstanding += 1
+                    break
+                if not self._failed:
+                    self._lock.wait(0.5)  # backpressure: the broker has not caught up
         self._send(record, arrived_wall_s)
 
     def _send(self, record: Record, arrived_wall_s: float | None) -> None:
