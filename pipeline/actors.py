@@ -152,7 +152,7 @@ class StageActor:
 class NodeExporter:
     """The scrape target of a node without a driver: serves the node's metrics folder.
 
-    Placed on its node by ``runtime.start_node_exporters``; the driver's node is
+    Placed on its node by ``ray_init.start_node_exporters``; the driver's node is
     served by the driver's own exporter.
     """
 

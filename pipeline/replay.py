@@ -11,7 +11,8 @@ from rich.table import Table
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.exporter import Exporter, Readiness
-from pipeline.runtime import Pipeline, StreamResult, init_ray, unique_stream_ids
+from pipeline.ray_init import init_ray
+from pipeline.runtime import Pipeline, StreamResult, unique_stream_ids
 from pipeline.sinks import ErrorLinesSink, FanoutSink, JsonlSink, LogSink, Sink, StdoutSink
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_INTERRUPTED = 0, 1, 130

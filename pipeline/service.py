@@ -39,7 +39,8 @@ from pipeline.kafka_sink import client_security
 from pipeline.kafka_topics import ensure_topics
 from pipeline.offsets import OffsetTracker
 from pipeline.records import Error
-from pipeline.runtime import Pipeline, init_ray, start_node_exporters
+from pipeline.ray_init import init_ray, start_node_exporters
+from pipeline.runtime import Pipeline
 from pipeline.segments import SequenceCheck, parse_headers
 from pipeline.sinks import FanoutSink, LogSink, Sink
 from pipeline.uri_policy import UriPolicy, UriRefused, redact

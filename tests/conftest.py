@@ -12,7 +12,8 @@ import pytest
 import ray
 
 from pipeline.config import load_config
-from pipeline.runtime import Pipeline, StreamResult, init_ray
+from pipeline.ray_init import init_ray
+from pipeline.runtime import Pipeline, StreamResult
 from pipeline.sample import ClipSpec, write_clip
 from pipeline.sinks import JsonlSink
 

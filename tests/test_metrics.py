@@ -176,7 +176,7 @@ def test_textfile_is_written_atomically_in_the_exposition_format(pipeline, tmp_p
 
 
 def test_a_node_exporter_actor_serves_the_same_node_totals_as_the_driver(pipeline, replay, clips):
-    from pipeline.runtime import start_node_exporters
+    from pipeline.ray_init import start_node_exporters
 
     replay(clips["av.mp4"], stream_ids=["m-node"])
     import ray
