@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Config, ConfigError, config_to_yaml, load_config
-from pipeline.errors import OperatorLoadError
+from pipeline.errors import OperatorLoadError, ServiceError
 from pipeline.logs import setup_logging
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except OperatorLoadError as exc:  # the config names weights that do not fit it
         print(f"avfuse: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ServiceError as exc:  # restart it (an orchestrator does)
+        print(f"avfuse: {exc}", file=sys.stderr)
+        return EXIT_STREAM_FAILED
     except Exception as exc:  # the last line of defence: one line unless --debug
         if args.debug:
             raise

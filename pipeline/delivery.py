@@ -23,6 +23,7 @@ import socket
 from dataclasses import dataclass
 
 from pipeline.config import KafkaConfig
+from pipeline.errors import ServiceError
 from pipeline.kafka_sink import KafkaSink, client_security, make_producer
 from pipeline.kafka_topics import ensure_topics
 from pipeline.records import Record
@@ -37,7 +38,7 @@ class StreamProgress:
     finished: bool = False
 
 
-class DeliveryFailed(RuntimeError):
+class DeliveryFailed(ServiceError):
     """Exactly-once could not commit a transaction; the process must restart."""
 
 
@@ -132,7 +133,8 @@ class ExactlyOnce:
             if self.sink.fatal is not None:
                 raise self.sink.fatal
         except Exception as exc:
-            raise DeliveryFailed(f"transaction failed: {type(exc).__name__}: {exc}") from exc
+            raise DeliveryFailed(None, f"exactly-once transaction failed, restart avfuse: "
+                                       f"{type(exc).__name__}: {exc}") from exc
         self._sent_at_last_commit = self.sink.sent
         for stream_id, p in changed.items():
             self._reported[stream_id] = (p.records, p.finished)

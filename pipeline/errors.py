@@ -26,3 +26,7 @@ class StreamFailedError(AvfuseError):
 
 class OperatorLoadError(AvfuseError):
     """An operator could not be built from the config (e.g. a checkpoint that disagrees with it)."""
+
+
+class ServiceError(AvfuseError):
+    """The Kafka service cannot go on (broker unreachable at start, a transaction failed)."""

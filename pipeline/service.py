@@ -33,6 +33,7 @@ from kafka.errors import KafkaError
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.delivery import Committer
+from pipeline.errors import ServiceError
 from pipeline.exporter import Exporter, Readiness
 from pipeline.jobs import BadJob, StartJob, StopJob, parse_job
 from pipeline.kafka_sink import client_security
@@ -105,12 +106,7 @@ class Service:
         self.readiness.set("ray", True)
         await self.pipeline.warm_up()
         self.readiness.set("operators", True)
-        t = self.cfg.kafka.topics
-        await self._on_consumer(ensure_topics, self.cfg.kafka, [
-            *(self.topics[name] for name in self.cfg.kafka.consume), t.events, t.summaries, t.errors,
-            *([t.windows] if self.cfg.records.windows else [])])
-        self.consumer = await self._on_consumer(self._make_consumer)
-        self.committer = await self._on_consumer(Committer.create, self.cfg.kafka, self.consumer)
+        await self._connect()
         self.sink: Sink = FanoutSink([LogSink(), self.committer.sink])
         self.readiness.set("kafka", True)
         log.info("consuming %s from %s", ", ".join(self.topics[n] for n in self.cfg.kafka.consume),
@@ -135,6 +131,19 @@ class Service:
                 last_commit = time.monotonic()
         await self._drain()
         return 0
+
+    async def _connect(self) -> None:
+        t = self.cfg.kafka.topics
+        try:
+            await self._on_consumer(ensure_topics, self.cfg.kafka, [
+                *(self.topics[name] for name in self.cfg.kafka.consume), t.events, t.summaries, t.errors,
+                *([t.windows] if self.cfg.records.windows else [])])
+            self.consumer = await self._on_consumer(self._make_consumer)
+            self.committer = await self._on_consumer(Committer.create, self.cfg.kafka, self.consumer)
+        except KafkaError as exc:
+            self.pipeline.shutdown()
+            raise ServiceError(None, f"Kafka at {self.cfg.kafka.bootstrap_servers} is not usable: "
+                                     f"{str(exc).removeprefix(type(exc).__name__ + ': ')}") from None
 
     async def _drain(self) -> None:
         log.info("stopping: %d streams in flight", len(self.streams))
