@@ -36,6 +36,11 @@ log = logging.getLogger("avfuse.delivery")
 class StreamProgress:
     records: int = 0  # records of the stream written (exactly-once: committed) so far
     finished: bool = False
+    resumed_from: int = 0  # records an earlier run committed: progress never goes below it
+
+    @property
+    def committed_records(self) -> int:
+        return max(self.records, self.resumed_from)
 
 
 class DeliveryFailed(ServiceError):
@@ -109,7 +114,7 @@ class ExactlyOnce:
         if skip:
             log.info("resuming: skipping the %d records already committed", skip,
                      extra={"stream_id": stream_id, "stage": "delivery"})
-        progress = self.progress[stream_id] = StreamProgress()
+        progress = self.progress[stream_id] = StreamProgress(resumed_from=skip)
         self._reported.pop(stream_id, None)
         return _CountingSink(shared, progress, skip)
 
@@ -119,13 +124,15 @@ class ExactlyOnce:
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit one transaction: records so far, progress of changed streams, done offsets."""
-        changed = {sid: p for sid, p in self.progress.items() if self._reported.get(sid) != (p.records, p.finished)}
+        changed = {sid: p for sid, p in self.progress.items()
+                   if self._reported.get(sid) != (p.committed_records, p.finished)}
         if not offsets and not changed and self.sink.sent == self._sent_at_last_commit:
             return
         try:
             for stream_id, p in changed.items():
                 self.producer.send(self.cfg.topics.progress, key=stream_id.encode(),
-                                   value=json.dumps({"records": p.records, "finished": p.finished}).encode())
+                                   value=json.dumps({"records": p.committed_records,
+                                                     "finished": p.finished}).encode())
             if offsets:
                 self.producer.send_offsets_to_transaction(_topic_partition_offsets(offsets),
                                                           self.consumer.group_metadata())
@@ -137,7 +144,7 @@ class ExactlyOnce:
                                        f"{type(exc).__name__}: {exc}") from exc
         self._sent_at_last_commit = self.sink.sent
         for stream_id, p in changed.items():
-            self._reported[stream_id] = (p.records, p.finished)
+            self._reported[stream_id] = (p.committed_records, p.finished)
             if p.finished:
                 self.progress.pop(stream_id, None)
         self.producer.begin_transaction()
