@@ -29,11 +29,14 @@ sample: $(SAMPLE)
 replay: setup $(if $(VIDEO),,$(SAMPLE))
 	$(VENV)/bin/avfuse replay $(if $(VIDEO),$(VIDEO),$(SAMPLE)) --out $(OUT)
 
-# promtool (Debian's prometheus package) checks the metrics exposition in the tests.
+# promtool (Debian's prometheus package) checks the metrics exposition in the tests;
+# espeak-ng speaks the sentence of the speech-activity test clip.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-tools:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v espeak-ng >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null; }
 
 test: setup test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)

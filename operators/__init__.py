@@ -1,6 +1,7 @@
 """avfuse operators: encoders, signal features and fusion as plain modules, usable without Ray."""
 
-from operators.audio import AudioEncoder
+from operators.audio import AudioEncoder, build_audio_encoder
+from operators.audio_bundle import BundleAudioEncoder
 from operators.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -23,6 +24,7 @@ from operators.vision import VisionEncoder
 __all__ = [
     "AudioEncoder",
     "AudioSignals",
+    "BundleAudioEncoder",
     "CheckpointError",
     "CheckpointMismatchError",
     "FusionBatch",
@@ -33,6 +35,7 @@ __all__ = [
     "VisionEncoder",
     "WindowInput",
     "autocast_for",
+    "build_audio_encoder",
     "build_fusion",
     "collate_windows",
     "frame_difference",

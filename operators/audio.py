@@ -4,6 +4,10 @@ One row is one audio token (``audio.token_s``, 100 ms by default), so the
 encoder emits exactly one token per row and the token's time is the row's
 start time. Front end: log-mel spectrogram; then a small conv1d stack over
 time, mean-pooled, projected to ``embed_dim``.
+
+``build_audio_encoder`` picks the configured encoder: this one
+(``audio_encoder.kind: mel_conv``) or a pretrained torchaudio bundle
+(``torchaudio_bundle``, operators/audio_bundle.py); both keep the contract below.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from operators.audio_bundle import BundleAudioEncoder
 from operators.checkpoint import load_module_checkpoint, save_checkpoint, seeded_init
 from operators.device import module_device, run_on_device
 from pipeline.config import AudioEncoderConfig
@@ -96,3 +101,12 @@ class AudioEncoder(nn.Module):
 
     def save(self, path: str | Path) -> None:
         save_checkpoint(path, KIND, self.state_dict(), self.preprocessing, extra={"embed_dim": self.embed_dim})
+
+
+def build_audio_encoder(
+    cfg: AudioEncoderConfig, sample_rate_hz: int, row_samples: int
+) -> AudioEncoder | BundleAudioEncoder:
+    """The audio encoder ``cfg.kind`` names, with its weights loaded, in eval mode on the CPU."""
+    if cfg.kind == "torchaudio_bundle":
+        return BundleAudioEncoder(cfg, sample_rate_hz, row_samples)
+    return AudioEncoder(cfg, sample_rate_hz, row_samples)

@@ -3,10 +3,14 @@
 A torchvision classification backbone with its classifier removed (global
 pooled features) and a linear projection to ``embed_dim``. Conversion and
 normalisation happen inside the module, so the GPU and CPU paths are one code.
+
+Pretrained backbones come from ``vision.weights`` (torchvision's published
+weights, through torch.hub's cache) or ``vision.checkpoint`` (a local file).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +22,17 @@ from torch.fx.experimental import optimization as fx_optimization
 
 from operators.checkpoint import (
     CheckpointError,
+    CheckpointMismatchError,
     check_checkpoint,
     is_avfuse_checkpoint,
     load_state_strict,
+    preprocessing_differences,
     read_torch_file,
     save_checkpoint,
     seeded_init,
 )
 from operators.device import module_device, run_on_device
+from operators.hub_weights import fetch_hub_state_dict, hub_cache_file
 from pipeline.config import VisionEncoderConfig
 
 KIND = "vision_encoder"
@@ -33,6 +40,48 @@ KIND = "vision_encoder"
 # Attribute names under which torchvision classification models keep their
 # classifier head, in the order they are tried.
 _HEAD_ATTRS = ("fc", "classifier", "head", "heads")
+
+# DenseNet's published files predate its module names ('norm.1' is now 'norm1');
+# torchvision's densenet builder renames them with this pattern, and so do we.
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def resolve_weights(backbone: str, name: str) -> torchvision.models.WeightsEnum:
+    """``vision.weights`` ('DEFAULT', 'IMAGENET1K_V1' or 'MobileNet_V3_Small_Weights.IMAGENET1K_V1') as an enum member.
+
+    Raises CheckpointError when the backbone has no published weights or the
+    name is not one of them (the message lists the names it has).
+    """
+    try:
+        enum = torchvision.models.get_model_weights(backbone)
+    except ValueError:
+        raise CheckpointError(f"vision.backbone {backbone!r} has no pretrained weights in torchvision") from None
+    choices = ", ".join(enum.__members__)
+    if "." in name:
+        prefix, _, member = name.partition(".")
+        if prefix != enum.__name__:
+            raise CheckpointError(f"vision.weights {name!r} are not {enum.__name__} of vision.backbone {backbone!r}")
+        name = member
+    if name not in enum.__members__:
+        raise CheckpointError(f"vision.weights {name!r} are not weights of {backbone!r}; it has {choices}")
+    return enum[name]
+
+
+def weights_preprocessing(weights: torchvision.models.WeightsEnum) -> dict:
+    """The input normalisation ``weights`` were trained with, from ``weights.transforms()``."""
+    transform = weights.transforms()
+    return {key: tuple(getattr(transform, key)) for key in ("mean", "std") if hasattr(transform, key)}
+
+
+def _torchvision_state(state: dict) -> dict:
+    """A published torchvision state_dict with the key names today's modules use."""
+    renamed = {}
+    for key, value in state.items():
+        match = _DENSENET_LEGACY_KEY.match(key)
+        renamed[match.group(1) + match.group(2) if match else key] = value
+    return renamed
 
 
 def _headless_backbone(name: str) -> tuple[nn.Module, str]:
@@ -62,14 +111,35 @@ class VisionEncoder(nn.Module):
 
     Weights: ``cfg.checkpoint`` if set (an avfuse checkpoint of kind
     'vision_encoder', or a plain torchvision state_dict for the backbone);
-    otherwise a deterministic random init with batch-norm statistics
-    calibrated on seeded synthetic images, identical in every process.
+    else ``cfg.weights``, torchvision's published weights for the backbone,
+    loaded by ``weights.get_state_dict`` from torch.hub's cache (downloaded there
+    on first use); otherwise a deterministic random init with batch-norm
+    statistics calibrated on seeded synthetic images, identical in every
+    process. The projection is the seeded init unless an avfuse checkpoint
+    replaces it.
+
+    Published weights must have been trained with ``cfg.mean`` / ``cfg.std``
+    (CheckpointMismatchError otherwise). Their crop size (224 px for most) need
+    not equal ``image_size``: the backbones pool globally, so smaller frames
+    work, at some loss of accuracy that a fine-tuned avfuse checkpoint recovers.
     """
 
     def __init__(self, cfg: VisionEncoderConfig, image_size: int):
         super().__init__()
         self.cfg = cfg
         self.image_size = int(image_size)
+        weights = None
+        if cfg.weights and not cfg.checkpoint:  # the config refuses both; a checkpoint would win
+            # Checked before anything is built or downloaded: a mismatch fails at once.
+            weights = resolve_weights(cfg.backbone, cfg.weights)
+            differences = preprocessing_differences(
+                weights_preprocessing(weights), {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+            )
+            if differences:
+                raise CheckpointMismatchError(
+                    f"vision.weights {weights} were trained with other normalisation (set vision.mean and "
+                    f"vision.std to theirs): " + "; ".join(differences)
+                )
         # Not persistent: the values live in the config and the checkpoint's preprocessing.
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -79,6 +149,8 @@ class VisionEncoder(nn.Module):
             self.proj = nn.Linear(feat_dim, cfg.embed_dim)
         if cfg.checkpoint:
             self._load_weights(cfg.checkpoint)
+        elif weights is not None:
+            self._load_published_weights(weights)
         self.eval()
 
     @property
@@ -127,9 +199,27 @@ class VisionEncoder(nn.Module):
             load_state_strict(self, checkpoint["state_dict"], path)
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             # A torchvision state_dict: weights for the backbone; its classifier is not used.
-            load_state_strict(self.backbone, obj, path, ignore_prefixes=(self._head_prefix,))
+            load_state_strict(self.backbone, _torchvision_state(obj), path, ignore_prefixes=(self._head_prefix,))
         else:
             raise CheckpointError(f"checkpoint {path} is neither an avfuse checkpoint nor a torchvision state_dict")
+
+    def _load_published_weights(self, weights: torchvision.models.WeightsEnum) -> None:
+        """Load ``weights`` into the backbone as a torchvision state_dict file would load (the same code)."""
+        if getattr(self.backbone, "transform_input", None) is False:
+            # googlenet / inception_v3: torchvision's builder turns on an input re-normalisation for
+            # published weights that is no part of the state_dict; without it they would be silently wrong.
+            raise CheckpointError(
+                f"vision.weights are not supported for {self.cfg.backbone!r}: torchvision builds it differently "
+                f"for pretrained weights (transform_input)"
+            )
+        state = fetch_hub_state_dict(
+            f"vision.weights {weights}",
+            weights.url,
+            lambda download_kwargs: weights.get_state_dict(check_hash=True, **download_kwargs),
+            local_key="vision.checkpoint",
+        )
+        cached = hub_cache_file(weights.url)
+        load_state_strict(self.backbone, _torchvision_state(state), cached, ignore_prefixes=(self._head_prefix,))
 
     def forward(self, frames_rgb_u8: torch.Tensor) -> torch.Tensor:
         size = self.image_size

@@ -62,6 +62,8 @@ class DecodeActor:
         m.frames_decoded.labels(label).inc(chunk.frames_decoded)
         m.frames_kept.labels(label).inc(len(chunk.video) if chunk.video is not None else 0)
         m.audio_decoded.labels(label).inc(chunk.audio_decoded_s)
+        if chunk.speech is not None:
+            m.speech_scored.labels(label).inc(len(chunk.speech) * chunk.speech.window_s)
         new_errors = self._decoder.decode_errors - self._errors_counted
         self._errors_counted += new_errors
         m.decode_errors.labels(label).inc(new_errors)

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import Config, ConfigError, config_to_yaml, load_config
 from pipeline.errors import OperatorLoadError, ServiceError
 from pipeline.logs import setup_logging
+from pipeline.training.commands import add_train_parser
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("avfuse")
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     sample = sub.add_parser("sample", help="write the synthetic demo clip with known events")
     sample.add_argument("out", metavar="OUT.mp4")
+    add_train_parser(sub)
     return parser
 
 
@@ -69,7 +71,7 @@ def _load(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The service is watched through its logs; a replay through its terminal output.
-    quiet = logging.INFO if args.command == "run" else logging.WARNING
+    quiet = logging.INFO if args.command in ("run", "train") else logging.WARNING
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else quiet, getattr(args, "log_format", "text"))
     if args.command == "sample":
         from pipeline.sample import write_clip
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return EXIT_OK
+    if args.command == "train":
+        return _train(cfg, args)
     try:
         if args.command == "run":
             from pipeline.service import run_service
@@ -108,6 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfuse: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
               file=sys.stderr)
         return EXIT_STREAM_FAILED
+
+
+def _train(cfg: Config, args: argparse.Namespace) -> int:
+    from operators.checkpoint import CheckpointError
+    from pipeline.training.commands import run_train
+
+    try:
+        return run_train(cfg, args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:  # bad annotations, clips or weights
+        if args.debug:
+            raise
+        print(f"avfuse: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

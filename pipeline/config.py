@@ -44,17 +44,38 @@ class DecodeConfig(Section):
 class VisionEncoderConfig(Section):
     backbone: str = Field("mobilenet_v3_small", description="torchvision classification architecture")
     checkpoint: str | None = Field(None, description="weights: a torchvision state_dict or an avfuse checkpoint")
+    weights: str | None = Field(None, description="torchvision pretrained weights of the backbone (DEFAULT, "
+                                                  "IMAGENET1K_V1, Enum.NAME), via torch.hub's cache")
     embed_dim: int = 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> "VisionEncoderConfig":
+        if self.weights and self.checkpoint:
+            raise ValueError("vision.weights and vision.checkpoint both name weights: set only one")
+        return self
+
 
 class AudioEncoderConfig(Section):
-    checkpoint: str | None = None
-    n_mels: int = 64
+    kind: Literal["mel_conv", "torchaudio_bundle"] = Field(
+        "mel_conv", description="mel_conv: log-mel + conv stack; torchaudio_bundle: a pretrained torchaudio bundle")
+    bundle: str | None = Field(None, description="torchaudio_bundle: a wav2vec2 / HuBERT / WavLM bundle of "
+                                                 "torchaudio.pipelines, e.g. WAV2VEC2_BASE")
+    checkpoint: str | None = Field(None, description="an avfuse checkpoint; torchaudio_bundle also takes the "
+                                                     "bundle's state_dict (instead of torch.hub's cache)")
+    n_mels: int = Field(64, description="mel_conv only, as are n_fft and hop_length")
     n_fft: int = 400
     hop_length: int = 160
     embed_dim: int = 256
+
+    @model_validator(mode="after")
+    def _bundle_only_with_its_kind(self) -> "AudioEncoderConfig":
+        if self.kind == "torchaudio_bundle" and not self.bundle:
+            raise ValueError("audio_encoder.kind torchaudio_bundle needs audio_encoder.bundle (e.g. WAV2VEC2_BASE)")
+        if self.kind != "torchaudio_bundle" and self.bundle:
+            raise ValueError("audio_encoder.bundle is used only with audio_encoder.kind: torchaudio_bundle")
+        return self
 
 
 class FusionConfig(Section):
@@ -62,6 +83,23 @@ class FusionConfig(Section):
     checkpoint: str | None = None
     dim: int = 256
     heads: int = 4
+
+
+class AVSyncConfig(Section):
+    enabled: bool = Field(True, description="estimate the A/V offset per stream (summaries, av_desync events)")
+    checkpoint: str = Field("default", description="an av_sync checkpoint; 'default': the one shipped in "
+                                                   "operators/weights (trained as the README says)")
+    desync_threshold_s: float = Field(0.08, gt=0, description="av_desync while |offset| exceeds this")
+    min_confidence: float = Field(0.15, ge=0, le=1, description="estimates less confident raise no av_desync")
+    horizon_s: float = Field(10.0, gt=0, description="recent windows the running estimate combines")
+    min_windows: int = Field(3, ge=1, description="windows needed before av_desync can open")
+
+
+class EventHeadConfig(Section):
+    checkpoint: str | None = Field(None, description="an event_head checkpoint from `avfuse train events`; "
+                                                     "its labels become events")
+    enter: float = Field(0.6, gt=0, lt=1, description="a label's event opens at this window probability")
+    exit: float = Field(0.4, gt=0, lt=1, description="and closes below this one")
 
 
 class AlignConfig(Section):
@@ -128,6 +166,27 @@ class DetectorsConfig(Section):
     silence: SilenceConfig = SilenceConfig()
     loud_onset: LoudOnsetConfig = LoudOnsetConfig()
     motion_burst: MotionBurstConfig = MotionBurstConfig()
+
+
+class SpeechConfig(Section):
+    """Speech activity (silero-vad, optional): probabilities per 32 ms window become `speech` events.
+
+    Defaults are those of silero's get_speech_timestamps (without its 30 ms padding).
+    """
+
+    enabled: bool = Field(True, description="run silero-vad in the decoders (needs the silero-vad package and "
+                                            "audio.sample_rate_hz 8000 or 16000; otherwise off, logged once)")
+    enter_prob: float = Field(0.5, gt=0, le=1, description="speech opens at a window this probable")
+    exit_prob: float = Field(0.35, ge=0, lt=1, description="and ends at the first window below this")
+    min_speech_s: float = Field(0.25, ge=0, description="shorter speech is no event")
+    min_silence_s: float = Field(0.1, ge=0, description="quieter stretches shorter than this are merged into "
+                                                        "the speech around them")
+
+    @model_validator(mode="after")
+    def _exit_below_enter(self) -> "SpeechConfig":
+        if self.exit_prob > self.enter_prob:
+            raise ValueError("speech.exit_prob must not exceed speech.enter_prob")
+        return self
 
 
 class RecordsConfig(Section):
@@ -214,9 +273,12 @@ class Config(Section):
     vision: VisionEncoderConfig = VisionEncoderConfig()
     audio_encoder: AudioEncoderConfig = AudioEncoderConfig()
     fusion: FusionConfig = FusionConfig()
+    av_sync: AVSyncConfig = AVSyncConfig()
+    event_head: EventHeadConfig = EventHeadConfig()
     align: AlignConfig = AlignConfig()
     batching: BatchingConfig = BatchingConfig()
     detectors: DetectorsConfig = DetectorsConfig()
+    speech: SpeechConfig = SpeechConfig()
     records: RecordsConfig = RecordsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     metrics: MetricsConfig = MetricsConfig()

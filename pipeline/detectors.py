@@ -4,6 +4,8 @@ Detectors need no learned weights: they read per-frame video signals (``VideoSer
 per-10 ms audio signals (``AudioSeries``) produced upstream, all timed in seconds on the stream
 clock. Each detector is a small class (``name``, ``version``, ``update``, ``finish``) in
 ``detectors_video`` or ``detectors_audio``; thresholds live in ``config.DetectorsConfig``.
+The optional ``speech`` detector (``detectors_speech``, ``config.SpeechConfig``) reads the
+per-32 ms speech probabilities (``SpeechProbs``) that the decoders compute with silero-vad.
 
 Contract of the bank:
 - Feed each modality's chunks in time order; chunk boundaries never change the events.
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import DetectorsConfig
+from pipeline.config import DetectorsConfig, SpeechConfig
 from pipeline.detectors_audio import AudioSeries, LoudOnsetDetector, SilenceDetector
+from pipeline.detectors_speech import SpeechDetector
 from pipeline.detectors_video import VideoDetectors, VideoSeries
 from pipeline.errors import AvfuseError
+from pipeline.media import SpeechProbs
 from pipeline.records import Event
 
 __all__ = ["AudioSeries", "DetectorBank", "DetectorInputError", "VideoSeries"]
@@ -34,7 +38,7 @@ class DetectorInputError(AvfuseError):
 class DetectorBank:
     """All enabled built-in detectors of one stream, with their state across chunks."""
 
-    def __init__(self, stream_id: str, cfg: DetectorsConfig) -> None:
+    def __init__(self, stream_id: str, cfg: DetectorsConfig, speech: SpeechConfig | None = None) -> None:
         self.stream_id = stream_id
         self._video = VideoDetectors(stream_id, cfg)
         self._audio = [
@@ -45,13 +49,14 @@ class DetectorBank:
             )
             if detector is not None
         ]
+        self._speech = [SpeechDetector(stream_id, speech)] if speech is not None and speech.enabled else []
         self._last_t_s: dict[str, float] = {}
         self._finished = False
 
     @property
     def detector_names(self) -> tuple[str, ...]:
         """Names of the detectors that run, i.e. the enabled ones."""
-        return tuple(d.name for d in self._video.detectors + self._audio)
+        return tuple(d.name for d in self._video.detectors + self._audio + self._speech)
 
     def on_video(self, series: VideoSeries) -> list[Event]:
         self._check_order("video", series.t_s)
@@ -61,22 +66,27 @@ class DetectorBank:
         self._check_order("audio", series.t_s)
         return _in_time_order([e for detector in self._audio for e in detector.update(series)])
 
+    def on_speech(self, probs: SpeechProbs) -> list[Event]:
+        self._check_order("speech", probs.t_s)
+        return _in_time_order([e for detector in self._speech for e in detector.update(probs)])
+
     def finish(self, video_end_s: float | None, audio_end_s: float | None) -> list[Event]:
         """Close open conditions at the end of the media; None: that modality is absent.
 
         Video conditions end at ``video_end_s`` (never before the last frame seen); audio ones
-        at ``audio_end_s``, but never past the last sub-frame seen. Later calls return nothing.
+        at ``audio_end_s``, but never past the last sub-frame (speech: window) seen. Later calls
+        return nothing.
         """
         if self._finished:
             return []
         self._finished = True
         events = self._video.finish(video_end_s)
-        for detector in self._audio:
+        for detector in self._audio + self._speech:
             events += detector.finish(audio_end_s)
         return _in_time_order(events)
 
     def pending_from_s(self) -> float | None:
-        starts = [self._video.pending_from_s()] + [d.pending_from_s() for d in self._audio]
+        starts = [self._video.pending_from_s()] + [d.pending_from_s() for d in self._audio + self._speech]
         starts = [s for s in starts if s is not None]
         return min(starts) if starts else None
 

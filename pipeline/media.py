@@ -56,6 +56,24 @@ class AudioRows:
 
 
 @dataclass
+class SpeechProbs:
+    """Speech activity of one chunk's audio rows (operators.speech.SpeechActivity).
+
+    prob:     [M] float32, silero-vad's speech probability (0..1) of each window.
+    t_s:      [M] float64, time of each window's first sample; windows follow each other
+              without overlap, except across a gap in the audio rows (where they restart).
+    window_s: duration of every window (512 samples at 16 kHz, 256 at 8 kHz).
+    """
+
+    prob: np.ndarray
+    t_s: np.ndarray
+    window_s: float = 0.032
+
+    def __len__(self) -> int:
+        return int(self.t_s.shape[0])
+
+
+@dataclass
 class MediaChunk:
     """One step of one stream's decoding, as a decode actor returns it.
 
@@ -76,6 +94,7 @@ class MediaChunk:
     audio_decoded_s: float = 0.0
     received_wall_s: float = 0.0  # time.time() when the chunk's first packet was read
     errors: list[str] = field(default_factory=list)  # one-line reasons of recoverable decode errors
+    speech: SpeechProbs | None = None  # None: no audio rows, or speech detection off or unavailable
 
     @property
     def finished(self) -> bool:
@@ -123,3 +142,21 @@ class EncodedAudio:
     rms_dbfs: np.ndarray
     band_log_energy: np.ndarray
     subframe_s: float
+
+
+@dataclass
+class FusedWindows:
+    """Fusion-stage output for one stream's ready windows (row i = window i).
+
+    embedding [W, D] float32; sync_probs [W, M + 1] float32 (lag probabilities, then "no
+    match"; see operators.av_sync) with sync_valid [W] bool, or None when A/V sync is off;
+    label_probs [W, L] float32 of the event head's labels, or None without one.
+    """
+
+    embedding: np.ndarray
+    sync_probs: np.ndarray | None = None
+    sync_valid: np.ndarray | None = None
+    sync_lags_s: np.ndarray | None = None  # [M] the lags of sync_probs' first M columns
+    label_probs: np.ndarray | None = None
+    labels: list[str] = field(default_factory=list)  # names of label_probs' columns
+    head_version: str = ""  # the event head's checkpoint, as detector_version of its events

@@ -81,6 +81,9 @@ class Metrics:
                                      ["stream"], **kw)
         self.decode_errors = Counter("avfuse_decode_errors_total",
                                      "Packets or frames that could not be decoded", ["stream"], **kw)
+        self.speech_scored = Counter("avfuse_speech_scored_seconds_total",
+                                     "Seconds of audio scored by speech activity (silero-vad, 32 ms windows)",
+                                     ["stream"], **kw)
         # shared operators (StageActor)
         self.operator_items = Counter("avfuse_operator_items_total",
                                       "Items encoded per operator: frames (vision), 100 ms audio rows (audio), "

@@ -78,10 +78,15 @@ class Summary(Record):
     silence_s: float
     black_s: float
     frozen_s: float
+    speech_s: float  # total of `speech` events (0 when speech detection is off)
     scenes: int
     windows: int
     partial_windows: int
     top_moments: list[dict[str, Any]]
+    # A/V sync (operators.av_sync): positive when audio is late; over the last av_sync.horizon_s
+    # of windows, or the whole stream in the final summary. None without windows of both.
+    av_offset_s: float | None = None
+    av_sync_confidence: float | None = None
 
 
 @dataclass

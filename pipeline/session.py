@@ -18,10 +18,13 @@ from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSp
 from pipeline.config import Config
 from pipeline.decode import StreamInfo
 from pipeline.detectors import AudioSeries, DetectorBank, VideoSeries
-from pipeline.media import EncodedAudio, EncodedVideo, MediaChunk
+from pipeline.detectors_speech import report_unavailable
+from pipeline.learned_events import LearnedEvents
+from pipeline.media import EncodedAudio, EncodedVideo, FusedWindows, MediaChunk
 from pipeline.records import Error, Event, StreamEnd, StreamStart, Summary, Window
 from pipeline.sinks import Sink
 from pipeline.summary import SummaryTracker
+from pipeline.sync_tracker import SyncTracker
 
 # Audio sub-frames further apart than this are not neighbours: no flux across a gap.
 _SUBFRAME_GAP_S = 0.015
@@ -45,9 +48,13 @@ class StreamSession:
         for modality, present in (("video", info.video), ("audio", info.audio)):
             if not present:
                 self.aligner.finish(modality)  # absent: windows never wait for it
-        self.detectors = DetectorBank(stream_id, cfg.detectors)
+        self.detectors = DetectorBank(stream_id, cfg.detectors, cfg.speech)
+        if info.speech_unavailable:
+            report_unavailable(stream_id, info.speech_unavailable)
         self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
                                       has_video=info.video is not None)
+        self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
+        self.learned: LearnedEvents | None = None
         self.started_wall_s = time.monotonic()
         self._last_hist = self._last_thumb = self._last_bands = None
         self._last_subframe_t_s: float | None = None
@@ -72,6 +79,8 @@ class StreamSession:
             self._on_video(video)
         if audio is not None:
             self._on_audio(audio)
+        if chunk.speech is not None:
+            self._emit(self.detectors.on_speech(chunk.speech))
         for modality, watermark_s, done in (("video", chunk.video_watermark_s, chunk.video_done),
                                             ("audio", chunk.audio_watermark_s, chunk.audio_done)):
             self.aligner.advance(modality, watermark_s)
@@ -136,10 +145,23 @@ class StreamSession:
 
         return [WindowInput(w.start_s, *part(w, "video"), *part(w, "audio")) for w in windows]
 
-    def on_fused(self, windows: list[AlignedWindow], embeddings: np.ndarray) -> None:
+    def on_fused(self, windows: list[AlignedWindow], fused: FusedWindows) -> None:
+        """The fusion stage's results for ``windows``: A/V offset, learned events, window records."""
+        if fused.sync_probs is not None:
+            if self.sync is None:
+                self.sync = SyncTracker(self.stream_id, self.cfg.av_sync, fused.sync_lags_s)
+                self.summary.sync = self.sync
+            for window, probs, valid in zip(windows, fused.sync_probs, fused.sync_valid):
+                if valid:
+                    self._emit(self.sync.add(window.start_s, window.end_s, probs))
+        if fused.label_probs is not None:
+            if self.learned is None:
+                self.learned = LearnedEvents(self.stream_id, self.cfg.event_head, fused.labels, fused.head_version)
+            for window, probs in zip(windows, fused.label_probs):
+                self._emit(self.learned.update(window.start_s, window.end_s, probs))
         if not self.cfg.records.windows:
             return
-        for window, embedding in zip(windows, embeddings):
+        for window, embedding in zip(windows, fused.embedding):
             self.sink.write(Window(
                 self.stream_id, window.index, window.start_s, window.end_s,
                 video_tokens=_count(window, "video"), audio_tokens=_count(window, "audio"),
@@ -155,6 +177,9 @@ class StreamSession:
             raise RuntimeError(f"stream {self.stream_id} closed twice")
         self.closed = True
         self._emit(self.detectors.finish(self.video_end_s, self.audio_end_s))
+        for heads in (self.sync, self.learned):
+            if heads is not None:
+                self._emit(heads.finish())
         self.sink.write(self.summary.build(final=True), self.media_arrived_wall_s)
         end = StreamEnd(self.stream_id, status, reason, round(self.processed_s, 3),
                         round(time.monotonic() - self.started_wall_s, 3), self.events,

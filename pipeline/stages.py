@@ -12,17 +12,21 @@ import numpy as np
 import torch
 
 from operators import (
-    AudioEncoder,
     SignalFeatures,
     VisionEncoder,
     WindowInput,
     autocast_for,
+    build_audio_encoder,
     build_fusion,
     collate_windows,
     resolve_device,
 )
+from operators.av_sync import lag_posterior, load_sync_head
+from operators.event_head import load_event_head
+from operators.weights import sync_checkpoint_path
+from pipeline.provenance import trained_behind
 from pipeline.config import Config
-from pipeline.media import AudioRows, EncodedAudio, EncodedVideo, VideoFrames
+from pipeline.media import AudioRows, EncodedAudio, EncodedVideo, FusedWindows, VideoFrames
 
 
 def _split(array: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
@@ -67,7 +71,7 @@ class AudioStage:
         self.device = resolve_device(cfg.runtime.device)
         self.sample_rate_hz = cfg.audio.sample_rate_hz
         row_samples = int(round(cfg.audio.sample_rate_hz * cfg.audio.token_s))
-        self.encoder = AudioEncoder(cfg.audio_encoder, cfg.audio.sample_rate_hz, row_samples).to(self.device).eval()
+        self.encoder = build_audio_encoder(cfg.audio_encoder, self.sample_rate_hz, row_samples).to(self.device).eval()
         self.signals = SignalFeatures().to(self.device)
 
     def _forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -83,18 +87,59 @@ class AudioStage:
 
 
 class FusionStage:
-    """Fuses windows; one request is the list of windows one stream has ready."""
+    """Fuses windows, and runs the heads that read the same batch: A/V sync and learned events.
+
+    One request is the list of windows one stream has ready; it gets one FusedWindows back.
+    """
 
     def __init__(self, cfg: Config):
         self.device = resolve_device(cfg.runtime.device)
-        self.fusion = build_fusion(cfg.fusion, cfg.vision.embed_dim, cfg.audio_encoder.embed_dim).to(self.device).eval()
+        video_dim, audio_dim = cfg.vision.embed_dim, cfg.audio_encoder.embed_dim
+        self.fusion = build_fusion(cfg.fusion, video_dim, audio_dim).to(self.device).eval()
+        self.sync = self.event_head = None
+        self.head_version = ""
+        expected = trained_behind(cfg)
+        if cfg.av_sync.enabled:
+            self.sync, _ = load_sync_head(sync_checkpoint_path(cfg.av_sync.checkpoint), video_dim, audio_dim,
+                                          cfg.audio.token_s, expected)
+            self.sync.to(self.device)
+        if cfg.event_head.checkpoint:
+            self.event_head, extra = load_event_head(cfg.event_head.checkpoint, video_dim, audio_dim, expected)
+            self.event_head.to(self.device)
+            self.head_version = str(extra.get("version", "1"))
+
+    @property
+    def sync_lags_s(self) -> np.ndarray | None:
+        return None if self.sync is None else self.sync.lags_s.cpu().numpy()
+
+    @property
+    def labels(self) -> list[str]:
+        return [] if self.event_head is None else list(self.event_head.labels)
 
     @torch.inference_mode()
-    def run_batch(self, items: list[list[WindowInput]]) -> list[np.ndarray]:
+    def run_batch(self, items: list[list[WindowInput]]) -> list[FusedWindows]:
         lengths = [len(item) for item in items]
         windows = [w for item in items for w in item]
         batch = collate_windows(windows, self.device)
         with autocast_for(self.device):
-            out = self.fusion(batch)
-        embeddings = out.embedding.float().cpu().numpy()
-        return _split(embeddings, lengths)
+            embedding = self.fusion(batch).embedding.float().cpu().numpy()
+            # The heads' attention logits are small differences of dot products: keep them in fp32.
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                sync = self.sync(batch) if self.sync is not None else None
+                labels = torch.sigmoid(self.event_head(batch)) if self.event_head is not None else None
+        parts = [_split(embedding, lengths)]
+        if sync is not None:
+            parts += [_split(lag_posterior(sync.logits).cpu().numpy(), lengths),
+                      _split(sync.valid.cpu().numpy(), lengths)]
+        if labels is not None:
+            parts.append(_split(labels.float().cpu().numpy(), lengths))
+        results = []
+        for i in range(len(items)):
+            shares = iter(part[i] for part in parts)
+            fused = FusedWindows(next(shares))
+            if sync is not None:
+                fused.sync_probs, fused.sync_valid, fused.sync_lags_s = next(shares), next(shares), self.sync_lags_s
+            if labels is not None:
+                fused.label_probs, fused.labels, fused.head_version = next(shares), self.labels, self.head_version
+            results.append(fused)
+        return results

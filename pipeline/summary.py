@@ -7,9 +7,11 @@ import time
 from collections import Counter
 
 from pipeline.records import Event, Summary
+from pipeline.sync_tracker import SyncTracker
 
 # Labels whose total duration the summary reports, by summary field.
-_DURATION_FIELDS = {"silence": "silence_s", "black_video": "black_s", "frozen_video": "frozen_s"}
+_DURATION_FIELDS = {"silence": "silence_s", "black_video": "black_s", "frozen_video": "frozen_s",
+                    "speech": "speech_s"}
 
 
 class SummaryTracker:
@@ -25,6 +27,7 @@ class SummaryTracker:
         self.windows = 0
         self.partial_windows = 0
         self.processed_s = 0.0
+        self.sync: SyncTracker | None = None  # set by the session once A/V sync reports
         self._next_due_s = every_s
 
     def add_event(self, event: Event) -> None:
@@ -48,6 +51,7 @@ class SummaryTracker:
 
     def build(self, final: bool) -> Summary:
         wall_s = time.monotonic() - self.started_wall_s
+        sync = self.sync.estimate(whole_stream=final) if self.sync is not None else None
         top = sorted(self.events, key=lambda e: (-e.confidence, e.start_s))[: self.top_moments]
         return Summary(
             stream_id=self.stream_id,
@@ -65,4 +69,6 @@ class SummaryTracker:
                  "confidence": e.confidence, "event_id": e.event_id}
                 for e in sorted(top, key=lambda e: e.start_s)
             ],
+            av_offset_s=sync.offset_s if sync is not None else None,
+            av_sync_confidence=sync.confidence if sync is not None else None,
         )

@@ -62,6 +62,7 @@ def _samples():
             silence_s=1.25,
             black_s=0.0,
             frozen_s=0.0,
+            speech_s=12.5,
             scenes=4,
             windows=29,
             partial_windows=2,

@@ -1,0 +1,52 @@
+"""What a trained head depends on, recorded in its checkpoint and compared when it loads.
+
+Heads read frozen encoder tokens cut into windows: a head trained behind other encoders,
+another frame rate or other windows would load without error and say nothing true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from pipeline.config import Config
+
+
+@lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _encoder_settings(section: BaseModel) -> dict:
+    """The section's settings, with a weights file named by its content: the same weights at
+    another path are the same encoder, other weights at the same path are not."""
+    settings = section.model_dump(mode="json")
+    path = settings.pop("checkpoint", None)
+    if path:
+        stat = Path(path).stat() if Path(path).is_file() else None
+        settings["checkpoint_sha256"] = _file_sha256(path, stat.st_size, stat.st_mtime_ns) if stat else path
+    return settings
+
+
+def encoder_preprocessing(cfg: Config) -> dict:
+    """Everything that changes the tokens: a cache entry or a checkpoint is valid only for this."""
+    return {
+        "video_fps": cfg.video.fps,
+        "image_size": cfg.video.image_size,
+        "sample_rate_hz": cfg.audio.sample_rate_hz,
+        "token_s": cfg.audio.token_s,
+        "vision": _encoder_settings(cfg.vision),
+        "audio_encoder": _encoder_settings(cfg.audio_encoder),
+    }
+
+
+def trained_behind(cfg: Config) -> dict:
+    """What a head trained on windows of tokens depends on: the encoders and the window length."""
+    return {**encoder_preprocessing(cfg), "window_s": cfg.align.window_s}

@@ -1,0 +1,106 @@
+"""Per-stream A/V offset estimate from the sync head's window beliefs, and ``av_desync`` events.
+
+Each fused window with both modalities brings a probability per lag and one for "no match"
+(``operators.av_sync``). Windows are combined by the geometric mean of their lag probabilities:
+the offset is where they agree, and a window that says nothing (flat) moves nothing.
+
+- ``estimate()``: over the last ``horizon_s`` of windows (what the stream does now), used for
+  periodic summaries and for events.
+- ``estimate(whole_stream=True)``: over every window so far, used by the final summary.
+- ``av_desync`` opens at the first window whose recent estimate is confident and further than
+  ``desync_threshold_s`` from zero, and closes at the end of the last such window once the
+  estimate falls back within ``0.75 x`` the threshold (hysteresis), or at the end of the stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from operators.av_sync import offset_from_lag_scores
+from pipeline.config import AVSyncConfig
+from pipeline.records import Event
+
+DETECTOR = "av_sync"
+VERSION = "1"
+EXIT_FRACTION = 0.75
+_LOG_FLOOR = 1e-6
+
+
+@dataclass
+class SyncEstimate:
+    offset_s: float  # positive: audio is late
+    confidence: float  # 0..1: agreement of the windows on that lag, times how often they matched
+    windows: int
+
+
+class SyncTracker:
+    def __init__(self, stream_id: str, cfg: AVSyncConfig, lags_s: np.ndarray):
+        self.stream_id, self.cfg = stream_id, cfg
+        self.lags_s = torch.as_tensor(lags_s, dtype=torch.float64)
+        self._recent: deque[tuple[float, np.ndarray, float]] = deque()  # (end_s, log p lags, p no match)
+        self._total_log = np.zeros(len(lags_s))
+        self._total_no_match = 0.0
+        self._total_windows = 0
+        self._open: dict | None = None  # the av_desync being built
+
+    def add(self, start_s: float, end_s: float, probs: np.ndarray) -> list[Event]:
+        """One window's [M + 1] probabilities (lags, no match); returns av_desync events that ended."""
+        lag_probs = np.asarray(probs[:-1], np.float64)
+        log_p = np.log(np.maximum(lag_probs / max(lag_probs.sum(), _LOG_FLOOR), _LOG_FLOOR))
+        self._recent.append((end_s, log_p, float(probs[-1])))
+        while self._recent and self._recent[0][0] <= end_s - self.cfg.horizon_s:
+            self._recent.popleft()
+        self._total_log += log_p
+        self._total_no_match += float(probs[-1])
+        self._total_windows += 1
+        return self._update_events(start_s, end_s)
+
+    def estimate(self, whole_stream: bool = False) -> SyncEstimate | None:
+        """The current offset estimate, None before any window with both modalities."""
+        if whole_stream:
+            if not self._total_windows:
+                return None
+            return self._combine(self._total_log, self._total_no_match, self._total_windows)
+        if not self._recent:
+            return None
+        log_sum = np.sum([log_p for _, log_p, _ in self._recent], axis=0)
+        return self._combine(log_sum, sum(p for _, _, p in self._recent), len(self._recent))
+
+    def _combine(self, log_sum: np.ndarray, no_match_sum: float, count: int) -> SyncEstimate:
+        geometric = np.exp(log_sum / count - np.max(log_sum / count))
+        offset, mass = offset_from_lag_scores(torch.as_tensor(geometric), self.lags_s)
+        matched = 1.0 - no_match_sum / count
+        return SyncEstimate(round(float(offset), 3), round(float(mass) * matched, 3), count)
+
+    def _update_events(self, start_s: float, end_s: float) -> list[Event]:
+        current = self.estimate()
+        if current is None or len(self._recent) < self.cfg.min_windows:
+            return []
+        threshold = self.cfg.desync_threshold_s
+        confident = current.confidence >= self.cfg.min_confidence
+        if self._open is None:
+            if confident and abs(current.offset_s) > threshold:
+                self._open = {"start_s": start_s, "end_s": end_s, "offsets": [current.offset_s],
+                              "confidences": [current.confidence]}
+            return []
+        if confident and abs(current.offset_s) >= EXIT_FRACTION * threshold:
+            self._open["end_s"] = end_s
+            self._open["offsets"].append(current.offset_s)
+            self._open["confidences"].append(current.confidence)
+            return []
+        return self._close()
+
+    def finish(self) -> list[Event]:
+        """Close an open av_desync at the end of its last window."""
+        return self._close() if self._open is not None else []
+
+    def _close(self) -> list[Event]:
+        span, self._open = self._open, None
+        return [Event(self.stream_id, "av_desync", span["start_s"], span["end_s"],
+                      confidence=round(float(np.mean(span["confidences"])), 3), detector=DETECTOR,
+                      detector_version=VERSION,
+                      attributes={"offset_s": round(float(np.median(span["offsets"])), 3)})]

@@ -1,0 +1,45 @@
+"""Run a sync head over a clip's tokens the way the pipeline cuts windows, and estimate its offset."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from operators.av_sync import AVSyncHead, lag_posterior
+from operators.fusion import WindowInput, collate_windows
+from pipeline.clip_tokens import ClipTokens
+from pipeline.config import Config
+from pipeline.sync_tracker import SyncEstimate, SyncTracker
+
+
+def pipeline_windows(clip: ClipTokens, window_s: float, hop_s: float) -> list[WindowInput]:
+    """Windows [i * hop_s, i * hop_s + window_s) over the clip, phase-0 audio, as the aligner cuts them."""
+    audio_t_s = clip.audio_t_s(0)
+    windows, start_s = [], 0.0
+    while start_s < clip.duration_s():
+        end_s = start_s + window_s
+        v = (clip.video_t_s >= start_s) & (clip.video_t_s < end_s)
+        a = (audio_t_s >= start_s - 1e-9) & (audio_t_s < end_s - 1e-9)
+        windows.append(WindowInput(start_s, clip.video_tokens[v], clip.video_t_s[v],
+                                   clip.audio_tokens[0][a], audio_t_s[a]))
+        start_s = round(start_s + hop_s, 6)
+    return windows
+
+
+@torch.inference_mode()
+def window_probabilities(head: AVSyncHead, windows: list[WindowInput], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """([W, M + 1] probabilities, [W] valid) for the windows."""
+    batch = collate_windows(windows, "cpu", cfg.vision.embed_dim, cfg.audio_encoder.embed_dim)
+    out = head(batch)
+    return lag_posterior(out.logits).numpy(), out.valid.numpy()
+
+
+def estimate_clip(head: AVSyncHead, clip: ClipTokens, cfg: Config) -> SyncEstimate | None:
+    """The whole-clip offset estimate the pipeline's final summary would report."""
+    windows = pipeline_windows(clip, cfg.align.window_s, cfg.align.hop_s)
+    probs, valid = window_probabilities(head, windows, cfg)
+    tracker = SyncTracker(clip.path, cfg.av_sync, head.lags_s.numpy())
+    for window, p, ok in zip(windows, probs, valid):
+        if ok:
+            tracker.add(window.start_s, window.start_s + cfg.align.window_s, p)
+    return tracker.estimate(whole_stream=True)
