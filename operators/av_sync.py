@@ -68,6 +68,8 @@ def _temporal_encoder(in_dim: int, dim: int) -> nn.Module:
 def token_changes(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B, T, D] -> [B, T, D + 1]: unit direction of the change from the previous token, and
     log(1 + its size relative to the window's median change); zeros at the first and padded tokens."""
+    if tokens.shape[1] < 2:  # a single token has no change
+        return tokens.new_zeros(tokens.shape[0], tokens.shape[1], tokens.shape[2] + 1)
     diff = tokens[:, 1:] - tokens[:, :-1]
     both = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1)
     diff = torch.where(both, diff, torch.zeros((), device=tokens.device))
@@ -160,13 +162,20 @@ def lag_posterior(logits: torch.Tensor) -> torch.Tensor:
 def offset_from_lag_scores(scores: torch.Tensor, lags_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., M] lag probabilities (not necessarily normalised) -> (offset_s, peak mass) per row.
 
-    The offset is the probability-weighted mean of the peak lag and its two neighbours (sub-step
-    resolution); the peak mass is the normalised probability of those three lags.
+    The offset is the probability-weighted mean of the peak lag and its larger neighbour: the
+    trainer splits an offset between exactly those two lags, so their ratio reads it back at
+    sub-step resolution. The peak mass is the normalised probability of the peak and both
+    neighbours (how much the distribution agrees on one place).
     """
     probs = scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
+    last = probs.shape[-1] - 1
     peak = probs.argmax(-1, keepdim=True)
-    idx = torch.arange(probs.shape[-1], device=probs.device)
-    near = ((idx - peak).abs() <= 1).to(probs.dtype)
-    mass = (probs * near).sum(-1)
-    offset = (probs * near * lags_s.to(probs.device)).sum(-1) / mass.clamp_min(1e-12)
-    return offset, mass
+    below = probs.gather(-1, (peak - 1).clamp_min(0)).masked_fill(peak == 0, 0.0)
+    above = probs.gather(-1, (peak + 1).clamp_max(last)).masked_fill(peak == last, 0.0)
+    partner = torch.where(above >= below, peak + 1, peak - 1).clamp(0, last)
+    partner_p = torch.maximum(above, below)
+    peak_p = probs.gather(-1, peak)
+    lags = lags_s.to(probs.device, probs.dtype)
+    offset = (peak_p * lags[peak] + partner_p * lags[partner]) / (peak_p + partner_p).clamp_min(1e-12)
+    mass = (peak_p + above + below).squeeze(-1)
+    return offset.squeeze(-1), mass

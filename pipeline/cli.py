@@ -70,6 +70,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `avfuse train` records its command
     # The service is watched through its logs; a replay through its terminal output.
     quiet = logging.INFO if args.command in ("run", "train") else logging.WARNING
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else quiet, getattr(args, "log_format", "text"))

@@ -90,7 +90,7 @@ class AVSyncConfig(Section):
     checkpoint: str = Field("default", description="an av_sync checkpoint; 'default': the one shipped in "
                                                    "operators/weights (trained as the README says)")
     desync_threshold_s: float = Field(0.08, gt=0, description="av_desync while |offset| exceeds this")
-    min_confidence: float = Field(0.15, ge=0, le=1, description="estimates less confident raise no av_desync")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="estimates less confident raise no av_desync")
     horizon_s: float = Field(10.0, gt=0, description="recent windows the running estimate combines")
     min_windows: int = Field(3, ge=1, description="windows needed before av_desync can open")
 

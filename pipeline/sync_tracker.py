@@ -9,7 +9,8 @@ the offset is where they agree, and a window that says nothing (flat) moves noth
 - ``estimate(whole_stream=True)``: over every window so far, used by the final summary.
 - ``av_desync`` opens at the first window whose recent estimate is confident and further than
   ``desync_threshold_s`` from zero, and closes at the end of the last such window once the
-  estimate falls back within ``0.75 x`` the threshold (hysteresis), or at the end of the stream.
+  estimate falls back within ``0.75 x`` the threshold (hysteresis), loses confidence or changes
+  side (audio late / early: a new event may open), or at the end of the stream.
 """
 
 from __future__ import annotations
@@ -42,39 +43,35 @@ class SyncTracker:
         self.stream_id, self.cfg = stream_id, cfg
         self.lags_s = torch.as_tensor(lags_s, dtype=torch.float64)
         self._recent: deque[tuple[float, np.ndarray, float]] = deque()  # (end_s, log p lags, p no match)
-        self._total_log = np.zeros(len(lags_s))
-        self._total_no_match = 0.0
-        self._total_windows = 0
+        self._total: list[tuple[float, np.ndarray, float]] = []
         self._open: dict | None = None  # the av_desync being built
 
     def add(self, start_s: float, end_s: float, probs: np.ndarray) -> list[Event]:
         """One window's [M + 1] probabilities (lags, no match); returns av_desync events that ended."""
         lag_probs = np.asarray(probs[:-1], np.float64)
         log_p = np.log(np.maximum(lag_probs / max(lag_probs.sum(), _LOG_FLOOR), _LOG_FLOOR))
-        self._recent.append((end_s, log_p, float(probs[-1])))
+        no_match = float(np.clip(probs[-1], 0.0, 1.0))
+        self._recent.append((end_s, log_p, no_match))
         while self._recent and self._recent[0][0] <= end_s - self.cfg.horizon_s:
             self._recent.popleft()
-        self._total_log += log_p
-        self._total_no_match += float(probs[-1])
-        self._total_windows += 1
+        self._total.append((end_s, log_p, no_match))
         return self._update_events(start_s, end_s)
 
     def estimate(self, whole_stream: bool = False) -> SyncEstimate | None:
         """The current offset estimate, None before any window with both modalities."""
-        if whole_stream:
-            if not self._total_windows:
-                return None
-            return self._combine(self._total_log, self._total_no_match, self._total_windows)
-        if not self._recent:
-            return None
-        log_sum = np.sum([log_p for _, log_p, _ in self._recent], axis=0)
-        return self._combine(log_sum, sum(p for _, _, p in self._recent), len(self._recent))
+        windows = self._total if whole_stream else self._recent
+        return self._combine(windows) if windows else None
 
-    def _combine(self, log_sum: np.ndarray, no_match_sum: float, count: int) -> SyncEstimate:
-        geometric = np.exp(log_sum / count - np.max(log_sum / count))
-        offset, mass = offset_from_lag_scores(torch.as_tensor(geometric), self.lags_s)
-        matched = 1.0 - no_match_sum / count
-        return SyncEstimate(round(float(offset), 3), round(float(mass) * matched, 3), count)
+    def _combine(self, windows) -> SyncEstimate:
+        # A window that found no match in its audio says little about the lag: it counts for
+        # as much as it matched (geometric mean weighted by 1 - p(no match)).
+        weights = np.array([1.0 - no_match for _, _, no_match in windows])
+        log_mean = np.sum([w * log_p for w, (_, log_p, _) in zip(weights, windows)], axis=0)
+        log_mean = log_mean / max(weights.sum(), _LOG_FLOOR)
+        offset, mass = offset_from_lag_scores(torch.as_tensor(np.exp(log_mean - log_mean.max())), self.lags_s)
+        # How likely it is that some window matched at all: many weak matches add up.
+        matched = 1.0 - float(np.exp(np.sum(np.log(np.maximum(1.0 - weights, _LOG_FLOOR)))))
+        return SyncEstimate(round(float(offset), 3), round(float(mass) * matched, 3), len(windows))
 
     def _update_events(self, start_s: float, end_s: float) -> list[Event]:
         current = self.estimate()
@@ -87,7 +84,8 @@ class SyncTracker:
                 self._open = {"start_s": start_s, "end_s": end_s, "offsets": [current.offset_s],
                               "confidences": [current.confidence]}
             return []
-        if confident and abs(current.offset_s) >= EXIT_FRACTION * threshold:
+        same_side = np.sign(current.offset_s) == np.sign(self._open["offsets"][0])
+        if confident and same_side and abs(current.offset_s) >= EXIT_FRACTION * threshold:
             self._open["end_s"] = end_s
             self._open["offsets"].append(current.offset_s)
             self._open["confidences"].append(current.confidence)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +90,7 @@ def _train_sync(cfg: Config, args: argparse.Namespace) -> int:
     if held_seeds:
         report["held_out_accuracy"] = round(correct / (len(held_seeds) * len(SHIFT_CHECKS_S)), 3)
         report["held_out_mean_abs_error_s"] = {f"{d:+g}": round(float(np.mean(e)), 3) for d, e in errors.items()}
-    command = "avfuse train sync " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "avfuse train sync"
+    command = " ".join(["avfuse", *getattr(args, "argv", ["train", "sync"])])
     result.head.save(args.out, extra={"trained_behind": trained_behind(cfg), "report": report, "command": command,
                                       "version": f"sync-seed{args.seed}"})
     for key, value in report.items():
