@@ -76,8 +76,9 @@ class SpeechActivity:
         self._torch = torch
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
-        with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not ours to act on
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings():  # deprecation notices of torch.jit.load and importlib.resources
+            warnings.simplefilter("ignore", FutureWarning)  # inside silero_vad are not ours to act on
+            warnings.simplefilter("ignore", DeprecationWarning)
             self._model = silero_vad.load_silero_vad()
         self.sample_rate_hz = sample_rate_hz
         self.window_samples = 512 if sample_rate_hz == 16000 else 256

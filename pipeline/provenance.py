@@ -42,8 +42,9 @@ def encoder_preprocessing(cfg: Config) -> dict:
         "image_size": cfg.video.image_size,
         "sample_rate_hz": cfg.audio.sample_rate_hz,
         "token_s": cfg.audio.token_s,
-        "vision": _encoder_settings(cfg.vision),
-        "audio_encoder": _encoder_settings(cfg.audio_encoder),
+        # Flat keys, so that a mismatch names the one setting that differs.
+        **{f"vision.{key}": value for key, value in _encoder_settings(cfg.vision).items()},
+        **{f"audio_encoder.{key}": value for key, value in _encoder_settings(cfg.audio_encoder).items()},
     }
 
 

@@ -73,11 +73,16 @@ class Pipeline:
 
     async def warm_up(self) -> list[str]:
         """Wait until every operator is loaded; returns their devices, or raises OperatorLoadError."""
-        try:
-            return list(await asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(),
-                                             self.fusion.ready.remote()))
-        except ray.exceptions.RayTaskError as exc:
-            raise _cause(exc) from None
+        outcomes = await asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(),
+                                        self.fusion.ready.remote(), return_exceptions=True)
+        # Report in pipeline order, not in the order they failed: an encoder's own weights are the
+        # cause when a head trained behind it refuses it too.
+        for outcome in outcomes:
+            if isinstance(outcome, ray.exceptions.RayTaskError):
+                raise _cause(outcome) from None
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return list(outcomes)
 
     def shutdown(self) -> None:
         actors = (self.vision, self.audio, self.fusion)

@@ -8,6 +8,8 @@ mapped from its object store; ``torch.from_numpy`` shares them without copying.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -22,11 +24,14 @@ from operators import (
     resolve_device,
 )
 from operators.av_sync import lag_posterior, load_sync_head
+from operators.checkpoint import CheckpointMismatchError
 from operators.event_head import load_event_head
 from operators.weights import sync_checkpoint_path
 from pipeline.provenance import trained_behind
 from pipeline.config import Config
 from pipeline.media import AudioRows, EncodedAudio, EncodedVideo, FusedWindows, VideoFrames
+
+log = logging.getLogger("avfuse.stages")
 
 
 def _split(array: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
@@ -86,6 +91,25 @@ class AudioStage:
         return [EncodedAudio(item.start_s, *share, subframe_s=self.SUBFRAME_S) for item, share in zip(items, shares)]
 
 
+def _load_sync(cfg: Config, video_dim: int, audio_dim: int, expected: dict):
+    """The configured sync head; None when the shipped default does not fit the configured encoders.
+
+    A checkpoint the user named must fit (else CheckpointMismatchError). The shipped one was
+    trained behind the default encoders: choosing other encoders should not cost the pipeline,
+    only the A/V offset, with one warning saying how to get it back.
+    """
+    path = sync_checkpoint_path(cfg.av_sync.checkpoint)
+    try:
+        head, _ = load_sync_head(path, video_dim, audio_dim, cfg.audio.token_s, expected)
+    except CheckpointMismatchError as exc:
+        if cfg.av_sync.checkpoint != "default":
+            raise
+        log.warning("A/V sync disabled: the shipped checkpoint was trained behind other encoders "
+                    "(%s); train one for this config with `avfuse train sync`", str(exc).split(": ", 1)[-1])
+        return None
+    return head
+
+
 class FusionStage:
     """Fuses windows, and runs the heads that read the same batch: A/V sync and learned events.
 
@@ -94,15 +118,15 @@ class FusionStage:
 
     def __init__(self, cfg: Config):
         self.device = resolve_device(cfg.runtime.device)
-        video_dim, audio_dim = cfg.vision.embed_dim, cfg.audio_encoder.embed_dim
+        video_dim, audio_dim = self.dims = cfg.vision.embed_dim, cfg.audio_encoder.embed_dim
         self.fusion = build_fusion(cfg.fusion, video_dim, audio_dim).to(self.device).eval()
         self.sync = self.event_head = None
         self.head_version = ""
         expected = trained_behind(cfg)
         if cfg.av_sync.enabled:
-            self.sync, _ = load_sync_head(sync_checkpoint_path(cfg.av_sync.checkpoint), video_dim, audio_dim,
-                                          cfg.audio.token_s, expected)
-            self.sync.to(self.device)
+            self.sync = _load_sync(cfg, video_dim, audio_dim, expected)
+            if self.sync is not None:
+                self.sync.to(self.device)
         if cfg.event_head.checkpoint:
             self.event_head, extra = load_event_head(cfg.event_head.checkpoint, video_dim, audio_dim, expected)
             self.event_head.to(self.device)
@@ -120,7 +144,8 @@ class FusionStage:
     def run_batch(self, items: list[list[WindowInput]]) -> list[FusedWindows]:
         lengths = [len(item) for item in items]
         windows = [w for item in items for w in item]
-        batch = collate_windows(windows, self.device)
+        # Explicit widths: a batch of video-only windows still has (empty) audio of the right width.
+        batch = collate_windows(windows, self.device, *self.dims)
         with autocast_for(self.device):
             embedding = self.fusion(batch).embedding.float().cpu().numpy()
             # The heads' attention logits are small differences of dot products: keep them in fp32.

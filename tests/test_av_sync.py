@@ -173,3 +173,21 @@ def test_streams_without_both_modalities_report_no_offset(replay, clips):
     final = {s["stream_id"]: s for s in run.of("summary") if s["final"]}
     assert final["video_only.mp4"]["av_offset_s"] is None and final["audio_only.m4a"]["av_offset_s"] is None
     assert final["av.mp4"]["av_offset_s"] is not None and final["av.mp4"]["av_sync_confidence"] is not None
+
+
+def test_other_encoders_turn_the_shipped_sync_head_off_but_a_named_one_must_fit(tmp_path, caplog):
+    from operators import VisionEncoder
+    from pipeline.config import VisionEncoderConfig
+    from pipeline.stages import FusionStage
+
+    weights = tmp_path / "vision.pt"
+    VisionEncoder(VisionEncoderConfig(), 128).save(weights)  # fits the config, but is not the default init
+    cfg = load_config(None, [f"vision.checkpoint={weights}"], environ={})
+    with caplog.at_level("WARNING"):
+        assert FusionStage(cfg).sync is None
+    assert "A/V sync disabled" in caplog.text and "vision.checkpoint_sha256" in caplog.text
+    named = load_config(None, [f"vision.checkpoint={weights}",
+                               f"av_sync.checkpoint={sync_checkpoint_path('default')}"], environ={})
+    with pytest.raises(CheckpointMismatchError, match="vision.checkpoint_sha256"):
+        FusionStage(named)
+    assert FusionStage(CFG).sync is not None

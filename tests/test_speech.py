@@ -10,6 +10,7 @@ for a few hundred ms.) ../shared/media/nasa_13013.mp4 is real narration (its sub
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import subprocess
@@ -266,8 +267,6 @@ def spoken_sentence() -> np.ndarray:
     espeak = shutil.which("espeak-ng")
     assert espeak, "espeak-ng missing: `make test-tools` installs Debian's espeak-ng package"
     wav = subprocess.run([espeak, "--stdout", SENTENCE], capture_output=True, check=True).stdout
-    import io
-
     resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE_HZ)
     with av.open(io.BytesIO(wav)) as container:
         parts = [out.to_ndarray()[0] for frame in container.decode(audio=0) for out in resampler.resample(frame)]
