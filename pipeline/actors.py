@@ -62,8 +62,6 @@ class DecodeActor:
         m.frames_decoded.labels(label).inc(chunk.frames_decoded)
         m.frames_kept.labels(label).inc(len(chunk.video) if chunk.video is not None else 0)
         m.audio_decoded.labels(label).inc(chunk.audio_decoded_s)
-        if chunk.speech is not None:
-            m.speech_scored.labels(label).inc(len(chunk.speech) * chunk.speech.window_s)
         new_errors = self._decoder.decode_errors - self._errors_counted
         self._errors_counted += new_errors
         m.decode_errors.labels(label).inc(new_errors)
@@ -144,6 +142,12 @@ class StageActor:
         if item is None or len(item) == 0:
             return None
         return await self.batcher.submit(item)
+
+    def forget(self, stream_id: str) -> None:
+        """A stream ended: stages that keep per-stream state (the audio stage's speech activity) drop it."""
+        forget = getattr(getattr(self, "stage", None), "forget", None)
+        if forget is not None:
+            forget(stream_id)
 
     def stats(self) -> dict[str, float]:
         s = self.batcher.stats

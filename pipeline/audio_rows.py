@@ -62,10 +62,11 @@ class AudioRowCutter:
         self._run_rows = 0
         self._expected_in_s = None
 
-    def take_rows(self) -> AudioRows | None:
+    def take_rows(self, stream_id: str = "", last: bool = False) -> AudioRows | None:
         if not self._rows:
             return None
-        rows = AudioRows(np.stack(self._rows), np.asarray(self._row_starts, np.float64), self.sample_rate_hz)
+        rows = AudioRows(np.stack(self._rows), np.asarray(self._row_starts, np.float64), self.sample_rate_hz,
+                         stream_id, last)
         self._rows, self._row_starts = [], []
         return rows
 

@@ -9,10 +9,8 @@ unreachable at start, an exactly-once transaction failed: restart it); 2 usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from pathlib import Path
 
 from pipeline.config import Config, ConfigError, config_to_yaml, load_config
 from pipeline.errors import OperatorLoadError, ServiceError

@@ -112,7 +112,9 @@ class ClipEncoder:
 
     def _stages(self) -> tuple[VisionStage, AudioStage]:
         if self._vision is None:
-            self._vision, self._audio = VisionStage(self.cfg), AudioStage(self.cfg)
+            # Speech activity is not a token: leave it out of the audio stage here.
+            no_speech = self.cfg.model_copy(update={"speech": self.cfg.speech.model_copy(update={"enabled": False})})
+            self._vision, self._audio = VisionStage(self.cfg), AudioStage(no_speech)
         return self._vision, self._audio
 
     def _encode(self, path: Path, phases: int) -> ClipTokens:

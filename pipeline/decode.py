@@ -5,10 +5,7 @@ raises StreamOpenError; ``chunks()`` then yields MediaChunks of about
 ``decode.chunk_s`` media seconds each, the last one with both modalities done.
 Video is sampled at ``video.fps`` by PTS and only kept frames are converted to
 RGB, at the encoder's size. Audio is resampled by PyAV to mono float32 at
-``audio.sample_rate_hz`` and cut into rows of ``audio.token_s``. With
-``speech.enabled``, the same rows go through the stream's own SpeechActivity
-(silero-vad, stateful, so it lives here with the stream) and each chunk carries
-their speech probabilities.
+``audio.sample_rate_hz`` and cut into rows of ``audio.token_s``.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import numpy as np
 from pipeline.audio_rows import AudioRowCutter
 from pipeline.config import Config
 from pipeline.errors import StreamOpenError
-from pipeline.media import AudioRows, MediaChunk, SpeechProbs, VideoFrames
+from pipeline.media import MediaChunk, VideoFrames
 
 # After this many failed packets in a row a modality is given up (e.g. a corrupt
 # audio track, ~15 s of AAC): its windows are then masked and the other modality goes on.
@@ -36,7 +33,6 @@ class StreamInfo:
     duration_s: float | None
     video: dict[str, Any] | None
     audio: dict[str, Any] | None
-    speech_unavailable: str | None = None  # why speech activity is off although enabled (one line)
 
 
 @dataclass
@@ -109,7 +105,6 @@ class MediaDecoder:
         self.origin_s = 0.0
         self.frames_kept = 0
         self.decode_errors = 0
-        self.speech = None  # operators.speech.SpeechActivity, once open() found audio
 
     def open(self) -> StreamInfo:
         try:
@@ -133,30 +128,7 @@ class MediaDecoder:
             if s is not None:
                 s.thread_type = "AUTO"
                 s.codec_context.thread_count = self.cfg.decode.threads
-        return StreamInfo(duration_s=self._duration_s(), video=self._video_info(), audio=self._audio_info(),
-                          speech_unavailable=self._open_speech())
-
-    def _open_speech(self) -> str | None:
-        """Start speech activity when enabled and there is audio; returns why it could not start."""
-        if not self.cfg.speech.enabled or self.audio_stream is None:
-            return None
-        # Imported only here: decoders without speech activity need no torch.
-        from operators.speech import SpeechActivity, SpeechUnavailableError
-
-        try:
-            self.speech = SpeechActivity(self.cfg.audio.sample_rate_hz)
-        except SpeechUnavailableError as exc:
-            return str(exc)
-        except Exception as exc:  # an optional detector must not fail the stream
-            return f"silero-vad could not be loaded: {_one_line(exc)}"
-        return None
-
-    def _speech_of(self, rows: AudioRows | None) -> SpeechProbs | None:
-        if self.speech is None or rows is None:
-            return None
-        parts = [self.speech.feed(row, start_s) for row, start_s in zip(rows.samples_f32, rows.start_s.tolist())]
-        return SpeechProbs(np.concatenate([p for p, _ in parts]), np.concatenate([t for _, t in parts]),
-                           self.speech.window_s)
+        return StreamInfo(duration_s=self._duration_s(), video=self._video_info(), audio=self._audio_info())
 
     def _duration_s(self) -> float | None:
         if self.container.duration is not None and self.container.duration > 0:
@@ -209,7 +181,7 @@ class MediaDecoder:
                 video.done = audio.done = True
                 if cutter is not None:
                     cutter.flush()
-            rows = cutter.take_rows() if cutter is not None else None
+            rows = cutter.take_rows(self.stream_id, final) if cutter is not None else None
             if cutter is not None:
                 audio.watermark_s = max(audio.watermark_s, cutter.watermark_s)
             frames = None
@@ -221,7 +193,7 @@ class MediaDecoder:
                 video_done=video.done, audio_done=audio.done,
                 frames_decoded=pending.frames_decoded,
                 audio_decoded_s=(len(rows) * cfg.audio.token_s) if rows is not None else 0.0,
-                received_wall_s=pending.received_wall_s, errors=pending.errors, speech=self._speech_of(rows),
+                received_wall_s=pending.received_wall_s, errors=pending.errors,
             )
             seq += 1
             pending = _PendingChunk(received_wall_s=time.time())

@@ -29,16 +29,6 @@ from pipeline.records import Event
 log = logging.getLogger("avfuse.speech")
 
 _TIME_EPS_S = 1e-6  # PTS are floats
-_reported: set[str] = set()
-
-
-def report_unavailable(stream_id: str, reason: str) -> None:
-    """Log why speech detection is off (a decoder could not start silero-vad), once per reason."""
-    if reason not in _reported:
-        _reported.add(reason)
-        log.warning("speech detection disabled: %s", reason, extra={"stream_id": stream_id, "stage": "speech"})
-
-
 class SpeechDetector:
     name = "speech"
     version = "1"

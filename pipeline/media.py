@@ -41,11 +41,15 @@ class AudioRows:
     start_s:        [K] float64, time of each row's first sample. Rows are
                     contiguous except across a gap in the source PTS.
     sample_rate_hz: samples per second of every row.
+    stream_id, last: whose rows these are, and whether no more follow (stateful
+                    operators on the audio path, such as speech activity, key on them).
     """
 
     samples_f32: np.ndarray
     start_s: np.ndarray
     sample_rate_hz: int
+    stream_id: str = ""
+    last: bool = False
 
     def __len__(self) -> int:
         return int(self.start_s.shape[0])
@@ -94,7 +98,6 @@ class MediaChunk:
     audio_decoded_s: float = 0.0
     received_wall_s: float = 0.0  # time.time() when the chunk's first packet was read
     errors: list[str] = field(default_factory=list)  # one-line reasons of recoverable decode errors
-    speech: SpeechProbs | None = None  # None: no audio rows, or speech detection off or unavailable
 
     @property
     def finished(self) -> bool:
@@ -142,6 +145,7 @@ class EncodedAudio:
     rms_dbfs: np.ndarray
     band_log_energy: np.ndarray
     subframe_s: float
+    speech: SpeechProbs | None = None  # None: speech activity off or unavailable
 
 
 @dataclass

@@ -165,6 +165,7 @@ class Pipeline:
             except (ray.exceptions.RayError, asyncio.TimeoutError, asyncio.CancelledError):
                 pass
             end = session.close(status, reason)
+            self.audio.forget.remote(stream_id)  # fire and forget: nothing waits on it
             sink.flush()
         return StreamResult(stream_id, uri, status, reason, end.processed_s, end.wall_s, end.events)
 

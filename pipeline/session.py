@@ -18,10 +18,9 @@ from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSp
 from pipeline.config import Config
 from pipeline.decode import StreamInfo
 from pipeline.detectors import AudioSeries, DetectorBank, VideoSeries
-from pipeline.detectors_speech import report_unavailable
 from pipeline.learned_events import LearnedEvents
 from pipeline.media import EncodedAudio, EncodedVideo, FusedWindows, MediaChunk
-from pipeline.records import Error, Event, StreamEnd, StreamStart, Summary, Window
+from pipeline.records import Error, Event, StreamEnd, StreamStart, Window
 from pipeline.sinks import Sink
 from pipeline.summary import SummaryTracker
 from pipeline.sync_tracker import SyncTracker
@@ -49,8 +48,6 @@ class StreamSession:
             if not present:
                 self.aligner.finish(modality)  # absent: windows never wait for it
         self.detectors = DetectorBank(stream_id, cfg.detectors, cfg.speech)
-        if info.speech_unavailable:
-            report_unavailable(stream_id, info.speech_unavailable)
         self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
                                       has_video=info.video is not None)
         self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
@@ -79,8 +76,9 @@ class StreamSession:
             self._on_video(video)
         if audio is not None:
             self._on_audio(audio)
-        if chunk.speech is not None:
-            self._emit(self.detectors.on_speech(chunk.speech))
+        if audio is not None and audio.speech is not None:
+            metrics.get().speech_scored.labels(self._label).inc(len(audio.speech) * audio.speech.window_s)
+            self._emit(self.detectors.on_speech(audio.speech))
         for modality, watermark_s, done in (("video", chunk.video_watermark_s, chunk.video_done),
                                             ("audio", chunk.audio_watermark_s, chunk.audio_done)):
             self.aligner.advance(modality, watermark_s)

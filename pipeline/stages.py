@@ -28,6 +28,7 @@ from operators.checkpoint import CheckpointMismatchError
 from operators.event_head import load_event_head
 from operators.weights import sync_checkpoint_path
 from pipeline.provenance import trained_behind
+from pipeline.speech_scoring import SpeechScoring
 from pipeline.config import Config
 from pipeline.media import AudioRows, EncodedAudio, EncodedVideo, FusedWindows, VideoFrames
 
@@ -78,6 +79,8 @@ class AudioStage:
         row_samples = int(round(cfg.audio.sample_rate_hz * cfg.audio.token_s))
         self.encoder = build_audio_encoder(cfg.audio_encoder, self.sample_rate_hz, row_samples).to(self.device).eval()
         self.signals = SignalFeatures().to(self.device)
+        # Streams in flight per replica are bounded by runtime.max_concurrent_streams; keep some slack.
+        self.speech = SpeechScoring(cfg, 4 * cfg.runtime.max_concurrent_streams) if cfg.speech.enabled else None
 
     def _forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with autocast_for(self.device):
@@ -85,10 +88,17 @@ class AudioStage:
         sig = self.signals.audio(rows, self.sample_rate_hz)
         return tokens, sig.rms_dbfs, sig.band_log_energy
 
+    def forget(self, stream_id: str) -> None:
+        """A stream ended: drop what the stage kept for it (its speech-activity state)."""
+        if self.speech is not None:
+            self.speech.forget(stream_id)
+
     @torch.inference_mode()
     def run_batch(self, items: list[AudioRows]) -> list[EncodedAudio]:
         shares = _run_concatenated([item.samples_f32 for item in items], self.device, self._forward)
-        return [EncodedAudio(item.start_s, *share, subframe_s=self.SUBFRAME_S) for item, share in zip(items, shares)]
+        return [EncodedAudio(item.start_s, *share, subframe_s=self.SUBFRAME_S,
+                             speech=self.speech.score(item) if self.speech is not None else None)
+                for item, share in zip(items, shares)]
 
 
 def _load_sync(cfg: Config, video_dim: int, audio_dim: int, expected: dict):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import av
 import numpy as np

@@ -28,12 +28,13 @@ from operators.speech import (
     UnsupportedSampleRateError,
     unavailable_reason,
 )
-from pipeline import detectors_speech
 from pipeline.config import Config, DetectorsConfig, SpeechConfig, load_config
 from pipeline.decode import MediaDecoder
 from pipeline.detectors import DetectorBank
 from pipeline.media import SpeechProbs
 from pipeline.records import event_id
+from pipeline.speech_scoring import SpeechScoring
+from pipeline.stages import AudioStage
 from tests.conftest import SHARED_MEDIA
 
 RATE_HZ = 16000
@@ -216,42 +217,53 @@ def test_speech_thresholds_and_durations_come_from_the_config():
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoder: where the stream's SpeechActivity lives
+# The audio stage: where each stream's SpeechActivity lives
 
 
-def decode_speech(path, cfg: Config):
-    decoder = MediaDecoder("clip", str(path), cfg)
-    info = decoder.open()
+def test_unusable_speech_is_reported_once_and_audio_still_encodes(clips, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "silero_vad", None)
+    with caplog.at_level(logging.WARNING, logger="avfuse.speech"):
+        stage = AudioStage(load_config(None, [], environ={}))
+    assert stage.speech.unavailable == "silero-vad is not installed"
+    assert [r.getMessage() for r in caplog.records] == ["speech detection disabled: silero-vad is not installed"]
+    rows = [c.audio for c in decode_chunks(clips["audio_only.m4a"]) if c.audio is not None]
+    encoded = stage.run_batch(rows[:1])[0]
+    assert encoded.speech is None and len(encoded.tokens_f32) == len(rows[0])
+
+
+def test_other_audio_rates_disable_speech_with_a_reason():
+    scoring = SpeechScoring(load_config(None, ["audio.sample_rate_hz=22050"], environ={}), 8)
+    assert scoring.unavailable == "silero-vad supports 8000 or 16000 Hz audio, not 22050 Hz"
+
+
+def decode_chunks(path, cfg: Config | None = None):
+    decoder = MediaDecoder("clip", str(path), cfg or load_config(None, [], environ={}))
+    decoder.open()
     chunks = list(decoder.chunks())
     decoder.close()
-    return info, chunks
+    return chunks
 
 
-def test_unusable_speech_is_reported_once_and_the_stream_still_decodes(clips, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "silero_vad", None)
-    monkeypatch.setattr(detectors_speech, "_reported", set())
-    info, chunks = decode_speech(clips["av.mp4"], load_config(None, [], environ={}))
-    assert info.speech_unavailable == "silero-vad is not installed"
-    assert all(c.speech is None for c in chunks) and any(c.audio is not None for c in chunks)
-    with caplog.at_level(logging.WARNING, logger="avfuse.speech"):
-        for stream in ("a", "b", "c"):
-            detectors_speech.report_unavailable(stream, info.speech_unavailable)
-    assert [r.getMessage() for r in caplog.records] == ["speech detection disabled: silero-vad is not installed"]
-
-
-def test_other_audio_rates_disable_speech_with_a_reason(clips):
-    info, chunks = decode_speech(clips["audio_only.m4a"],
-                                 load_config(None, ["audio.sample_rate_hz=22050"], environ={}))
-    assert info.speech_unavailable == "silero-vad supports 8000 or 16000 Hz audio, not 22050 Hz"
-    assert all(c.speech is None for c in chunks)
-
-
-def test_decoder_scores_the_same_rows_the_audio_encoder_gets(clips):
-    _, chunks = decode_speech(clips["audio_only.m4a"], load_config(None, [], environ={}))
-    rows_s = sum(len(c.audio) * c.audio.row_s for c in chunks if c.audio is not None)
-    t_s = np.concatenate([c.speech.t_s for c in chunks if c.speech is not None])
-    assert np.all(np.diff(t_s) > 0)
-    assert len(t_s) == int(rows_s * RATE_HZ) // 512
+def test_audio_stage_scores_the_rows_it_encodes_and_forgets_a_stream_after_its_last(clips):
+    stage = AudioStage(load_config(None, [], environ={}))
+    chunks = [c for c in decode_chunks(clips["audio_only.m4a"]) if c.audio is not None]
+    encoded = [stage.run_batch([c.audio])[0] for c in chunks]  # one chunk at a time, as the driver sends them
+    rows_s = sum(len(c.audio) * c.audio.row_s for c in chunks)
+    t_s = np.concatenate([e.speech.t_s for e in encoded])
+    assert np.all(np.diff(t_s) > 0) and len(t_s) == int(rows_s * RATE_HZ) // 512
+    assert stage.speech.open_streams == 1
+    stage.forget("clip")  # the driver says so when a stream ends, however it ended
+    assert stage.speech.open_streams == 0
+    # Interleaved streams keep separate states: the same rows score the same under two ids.
+    first = chunks[0].audio
+    other = type(first)(first.samples_f32, first.start_s, first.sample_rate_hz, "other", False)
+    again = type(first)(first.samples_f32, first.start_s, first.sample_rate_hz, "clip", False)
+    a, b = stage.run_batch([other, again])
+    np.testing.assert_array_equal(a.speech.prob, b.speech.prob)
+    np.testing.assert_array_equal(a.speech.prob, encoded[0].speech.prob)
+    last = type(first)(first.samples_f32, first.start_s, first.sample_rate_hz, "other", True)
+    stage.run_batch([last])
+    assert stage.speech.open_streams == 1  # "other" went with its last rows; "clip" is still open
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,11 +364,7 @@ def test_real_narration_is_speech_and_music_is_not(replay):
     assert not run.events("chaplin.mp4", "speech")
 
 
-def test_pipeline_with_speech_disabled_emits_no_speech_events(pipeline, replay, talk_clip, monkeypatch):
-    # Decoders and sessions read the pipeline's config when a stream starts.
-    monkeypatch.setattr(pipeline.cfg.speech, "enabled", False)
-    run = replay(talk_clip[0])
-    assert run.results[0].status == "ok"
-    assert not run.events(label="speech")
-    assert run.events()  # the other detectors still run
-    assert run.of("summary")[-1]["speech_s"] == 0.0
+def test_speech_disabled_leaves_the_audio_stage_without_it(clips):
+    stage = AudioStage(load_config(None, ["speech.enabled=false"], environ={}))
+    rows = next(c.audio for c in decode_chunks(clips["av.mp4"]) if c.audio is not None)
+    assert stage.speech is None and stage.run_batch([rows])[0].speech is None
