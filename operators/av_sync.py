@@ -137,7 +137,7 @@ def load_sync_head(path: str | Path, video_dim: int, audio_dim: int, token_s: fl
     """Build the head a checkpoint describes and load it; returns (head, checkpoint extra).
 
     The checkpoint's own lag grid is used; its token widths and ``token_s`` must equal the
-    pipeline's, and when ``expected`` (``clip_tokens.trained_behind``) is given, the encoders
+    pipeline's, and when ``expected`` (``provenance.trained_behind``) is given, the encoders
     and windows it was trained behind must be the configured ones, else CheckpointMismatchError.
     """
     obj = read_torch_file(path)

@@ -101,6 +101,12 @@ class EventHeadConfig(Section):
     enter: float = Field(0.6, gt=0, lt=1, description="a label's event opens at this window probability")
     exit: float = Field(0.4, gt=0, lt=1, description="and closes below this one")
 
+    @model_validator(mode="after")
+    def _exit_below_enter(self) -> "EventHeadConfig":
+        if self.exit > self.enter:
+            raise ValueError("event_head.exit must not exceed event_head.enter")
+        return self
+
 
 class AlignConfig(Section):
     window_s: float = Field(2.0, gt=0)

@@ -17,8 +17,6 @@ DETECTOR = "event_head"
 
 class LearnedEvents:
     def __init__(self, stream_id: str, cfg: EventHeadConfig, labels: list[str], version: str):
-        if cfg.exit > cfg.enter:
-            raise ValueError("event_head.exit must not exceed event_head.enter")
         self.stream_id, self.cfg, self.labels, self.version = stream_id, cfg, list(labels), version
         self._open: dict[str, list[float]] = {}  # label -> [start_s, end_s, peak probability]
 

@@ -31,6 +31,25 @@ EXIT_FRACTION = 0.75
 _LOG_FLOOR = 1e-6
 
 
+@dataclass(frozen=True)
+class _Evidence:
+    """What windows say, in sums that add up: a window that found no match in its audio says
+    little about the lag, so it counts for as much as it matched (weight 1 - p(no match))."""
+
+    weighted_log_p: np.ndarray  # sum of weight * log p(lag)
+    weight: float
+    log_no_match: float  # sum of log p(no match): how likely it is that no window matched
+    windows: int
+
+    @staticmethod
+    def of(log_p: np.ndarray, no_match: float) -> "_Evidence":
+        return _Evidence((1.0 - no_match) * log_p, 1.0 - no_match, float(np.log(max(no_match, _LOG_FLOOR))), 1)
+
+    def __add__(self, other: "_Evidence") -> "_Evidence":
+        return _Evidence(self.weighted_log_p + other.weighted_log_p, self.weight + other.weight,
+                         self.log_no_match + other.log_no_match, self.windows + other.windows)
+
+
 @dataclass
 class SyncEstimate:
     offset_s: float  # positive: audio is late
@@ -42,36 +61,36 @@ class SyncTracker:
     def __init__(self, stream_id: str, cfg: AVSyncConfig, lags_s: np.ndarray):
         self.stream_id, self.cfg = stream_id, cfg
         self.lags_s = torch.as_tensor(lags_s, dtype=torch.float64)
-        self._recent: deque[tuple[float, np.ndarray, float]] = deque()  # (end_s, log p lags, p no match)
-        self._total: list[tuple[float, np.ndarray, float]] = []
+        self._recent: deque[tuple[float, _Evidence]] = deque()  # (window end_s, its evidence)
+        self._total: _Evidence | None = None  # every window so far, in constant memory
         self._open: dict | None = None  # the av_desync being built
 
     def add(self, start_s: float, end_s: float, probs: np.ndarray) -> list[Event]:
         """One window's [M + 1] probabilities (lags, no match); returns av_desync events that ended."""
         lag_probs = np.asarray(probs[:-1], np.float64)
         log_p = np.log(np.maximum(lag_probs / max(lag_probs.sum(), _LOG_FLOOR), _LOG_FLOOR))
-        no_match = float(np.clip(probs[-1], 0.0, 1.0))
-        self._recent.append((end_s, log_p, no_match))
+        evidence = _Evidence.of(log_p, float(np.clip(probs[-1], 0.0, 1.0)))
+        self._recent.append((end_s, evidence))
         while self._recent and self._recent[0][0] <= end_s - self.cfg.horizon_s:
             self._recent.popleft()
-        self._total.append((end_s, log_p, no_match))
+        self._total = evidence if self._total is None else self._total + evidence
         return self._update_events(start_s, end_s)
 
     def estimate(self, whole_stream: bool = False) -> SyncEstimate | None:
         """The current offset estimate, None before any window with both modalities."""
-        windows = self._total if whole_stream else self._recent
-        return self._combine(windows) if windows else None
+        if whole_stream:
+            evidence = self._total
+        else:
+            evidence = None
+            for _, window in self._recent:
+                evidence = window if evidence is None else evidence + window
+        return None if evidence is None else self._combine(evidence)
 
-    def _combine(self, windows) -> SyncEstimate:
-        # A window that found no match in its audio says little about the lag: it counts for
-        # as much as it matched (geometric mean weighted by 1 - p(no match)).
-        weights = np.array([1.0 - no_match for _, _, no_match in windows])
-        log_mean = np.sum([w * log_p for w, (_, log_p, _) in zip(weights, windows)], axis=0)
-        log_mean = log_mean / max(weights.sum(), _LOG_FLOOR)
+    def _combine(self, evidence: "_Evidence") -> SyncEstimate:
+        log_mean = evidence.weighted_log_p / max(evidence.weight, _LOG_FLOOR)
         offset, mass = offset_from_lag_scores(torch.as_tensor(np.exp(log_mean - log_mean.max())), self.lags_s)
-        # How likely it is that some window matched at all: many weak matches add up.
-        matched = 1.0 - float(np.exp(np.sum(np.log(np.maximum(1.0 - weights, _LOG_FLOOR)))))
-        return SyncEstimate(round(float(offset), 3), round(float(mass) * matched, 3), len(windows))
+        matched = 1.0 - float(np.exp(evidence.log_no_match))  # that some window matched at all
+        return SyncEstimate(round(float(offset), 3), round(float(mass) * matched, 3), evidence.windows)
 
     def _update_events(self, start_s: float, end_s: float) -> list[Event]:
         current = self.estimate()

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.clip_tokens import ClipEncoder
 from pipeline.config import Config
@@ -41,7 +40,7 @@ def add_train_parser(sub) -> None:
     events.add_argument("--val-fraction", type=float, default=0.25)
     events.add_argument("--seed", type=int, default=0)
     events.add_argument("--out", required=True, metavar="CHECKPOINT.pt")
-    events.add_argument("--cache-dir", help="token cache (default ~/.cache/avfuse/tokens)")
+    events.add_argument("--cache-dir", help="token cache under CACHE_DIR/tokens (default ~/.cache/avfuse)")
     for parser in (sync, events):
         parser.add_argument("-c", "--config", help="YAML config file (the encoders to train behind)")
         parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -51,7 +50,6 @@ def add_train_parser(sub) -> None:
 
 
 def run_train(cfg: Config, args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.objective == "sync":
         return _train_sync(cfg, args)
     from pipeline.training.events import train_events_command

@@ -156,7 +156,7 @@ def train_events(annotations: list[Annotation], cfg: Config, encoder: ClipEncode
 
 def train_events_command(cfg: Config, args: argparse.Namespace) -> int:
     annotations = read_annotations(args.annotations)
-    encoder = ClipEncoder(cfg, args.cache_dir)
+    encoder = ClipEncoder(cfg, Path(args.cache_dir) / "tokens" if args.cache_dir else None)
     head, report = train_events(annotations, cfg, encoder, args.epochs, args.val_fraction, args.seed)
     head.save(args.out, extra={"trained_behind": trained_behind(cfg), "report": report,
                                "config": cfg.model_dump(mode="json"), "version": Path(args.out).stem})
