@@ -195,9 +195,9 @@ class Pipeline:
                 if windows:
                     started = time.perf_counter()
                     with _inflight(inflight_gauge["fusion"]):
-                        embeddings = await self.fusion.submit.remote(session.fusion_inputs(windows))
+                        fused = await self.fusion.submit.remote(session.fusion_inputs(windows))
                     m.fusion_seconds.observe(time.perf_counter() - started)
-                    session.on_fused(windows, embeddings)
+                    session.on_fused(windows, fused)
                 if lag is not None:
                     lag.set(max(0.0, time.monotonic() - session.started_wall_s - session.processed_s))
                 if on_progress is not None:
