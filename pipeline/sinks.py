@@ -82,7 +82,9 @@ def describe(record: Record) -> str | None:
         kind = "final summary" if record.final else "summary"
         return (f"[{record.stream_id}] {kind}: {record.processed_s:.1f}s at {record.speed_x_realtime:.1f}x realtime; "
                 f"{counts}; silence {record.silence_s:.1f}s, black {record.black_s:.1f}s, "
-                f"frozen {record.frozen_s:.1f}s, speech {record.speech_s:.1f}s, scenes {record.scenes}")
+                f"frozen {record.frozen_s:.1f}s, speech {record.speech_s:.1f}s, scenes {record.scenes}"
+                + (f"; A/V offset {record.av_offset_s:+.2f}s (confidence {record.av_sync_confidence:.2f})"
+                   if record.av_offset_s is not None else ""))
     if isinstance(record, StreamStart):
         return f"[{record.stream_id}] start    {record.uri}"
     if isinstance(record, StreamEnd):
