@@ -19,6 +19,7 @@ number of series no longer grows with the number of streams.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from functools import lru_cache
@@ -161,18 +162,35 @@ def collect() -> bytes:
     if folder is None:
         return generate_latest(get().registry)
     registry = CollectorRegistry()
-    registry.register(_AvfuseOnly(multiprocess.MultiProcessCollector(None, path=folder)))
+    registry.register(_AvfuseFiles(folder))
     return generate_latest(registry)
 
 
-class _AvfuseOnly:
-    """Only avfuse's families: another library in a worker may share the folder."""
+class _AvfuseFiles:
+    """avfuse's families merged from the folder's files, skipping files not yet initialised.
 
-    def __init__(self, collector):
-        self._collector = collector
+    prometheus_client creates a process's file before sizing it; a scrape in that window (a
+    decode actor starting) fails as a whole on the empty file, and a process killed in it
+    leaves the empty file behind, failing every later scrape (prometheus/client_python#1199).
+    An empty file holds no samples, so leaving it out loses nothing. Only avfuse's families
+    are exported: another library in a worker may share the folder.
+    """
+
+    _HEADER_BYTES = 8  # used size + padding, written when the file is sized
+
+    def __init__(self, folder: str):
+        self._folder = folder
 
     def collect(self):
-        return (family for family in self._collector.collect() if family.name.startswith("avfuse_"))
+        files = []
+        for path in glob.glob(os.path.join(self._folder, "*.db")):
+            try:
+                if os.path.getsize(path) >= self._HEADER_BYTES:
+                    files.append(path)
+            except OSError:  # removed meanwhile (mark_process_dead)
+                pass
+        families = multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+        return (family for family in families if family.name.startswith("avfuse_"))
 
 
 def write_textfile(path: str | Path) -> Path:

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -165,6 +166,20 @@ def test_only_avfuse_families_are_exported_from_the_shared_folder(pipeline):
     text = metrics.collect().decode()
     names = {family.name for family in text_string_to_metric_families(text)}
     assert names and all(name.startswith("avfuse_") for name in names), names
+
+
+def test_a_process_file_not_yet_sized_does_not_fail_the_scrape(pipeline):
+    """A process killed between creating and sizing its file leaves it empty for good
+    (prometheus/client_python#1199); every scrape after must still answer in full."""
+    before = metrics.collect().decode()
+    empty = Path(metrics.multiprocess_dir()) / "counter_4194303.db"  # a pid no process here has
+    empty.touch()
+    try:
+        after = metrics.collect().decode()
+    finally:
+        empty.unlink()
+    assert "avfuse_frames_decoded_total" in after
+    assert parse(after).keys() == parse(before).keys()  # every series, as before
 
 
 def test_textfile_is_written_atomically_in_the_exposition_format(pipeline, tmp_path):
