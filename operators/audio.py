@@ -12,23 +12,19 @@ time, mean-pooled, projected to ``embed_dim``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 import torchaudio
 from torch import nn
 
 from operators.audio_bundle import BundleAudioEncoder
-from operators.checkpoint import load_module_checkpoint, save_checkpoint, seeded_init
-from operators.device import module_device, run_on_device
+from operators.row_encoder import KIND, RowEncoder
+from operators.checkpoint import load_module_checkpoint, seeded_init
 from pipeline.config import AudioEncoderConfig
 
-KIND = "audio_encoder"
 LOG_FLOOR = 1e-6  # keeps log(mel) finite on digital silence
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(RowEncoder):
     """Audio rows to embeddings.
 
     Input:  ``rows`` float32 [K, R], mono, in [-1, 1], R == row_samples, sampled
@@ -75,32 +71,15 @@ class AudioEncoder(nn.Module):
             "hop_length": self.cfg.hop_length,
         }
 
-    @property
-    def embed_dim(self) -> int:
-        return self.cfg.embed_dim
-
     def log_mel(self, rows: torch.Tensor) -> torch.Tensor:
         """float [K, R] -> float32 [K, n_mels, frames], log(mel power + 1e-6)."""
         # Power spectra overflow fp16 and lose the quiet end in bf16: keep the front end in fp32.
         with torch.autocast(device_type=rows.device.type, enabled=False):
             return torch.log(self.mel(rows.float()) + LOG_FLOOR)
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        if rows.ndim != 2 or rows.shape[1] != self.row_samples or not rows.is_floating_point():
-            raise ValueError(
-                f"AudioEncoder expects float rows [K, {self.row_samples}], got {rows.dtype} {list(rows.shape)}"
-            )
-        if rows.shape[0] == 0:
-            return torch.zeros(0, self.embed_dim, device=rows.device)
+    def tokens(self, rows: torch.Tensor) -> torch.Tensor:
         hidden = self.conv(self.log_mel(rows))  # [K, hidden, frames]
-        return self.proj(hidden.mean(dim=2)).float()
-
-    def encode(self, rows: np.ndarray) -> np.ndarray:
-        """numpy float32 [K, R] -> numpy float32 [K, embed_dim], run on the module's device."""
-        return run_on_device(self, rows, module_device(self))
-
-    def save(self, path: str | Path) -> None:
-        save_checkpoint(path, KIND, self.state_dict(), self.preprocessing, extra={"embed_dim": self.embed_dim})
+        return self.proj(hidden.mean(dim=2))
 
 
 def build_audio_encoder(

@@ -11,10 +11,8 @@ cache (downloaded there on first use), or a local copy of that state_dict.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -29,16 +27,12 @@ from operators.checkpoint import (
     load_state_strict,
     preprocessing_differences,
     read_torch_file,
-    save_checkpoint,
     seeded_init,
 )
-from operators.device import module_device, run_on_device
 from operators.hub_weights import fetch_hub_state_dict
+from operators.row_encoder import KIND, RowEncoder
 from pipeline.config import AudioEncoderConfig
 
-# The same kind as AudioEncoder's: either fills the pipeline's one audio-encoder
-# slot, and the recorded preprocessing ('encoder', 'bundle') tells them apart.
-KIND = "audio_encoder"
 ENCODER = "torchaudio_bundle"
 
 # Where torchaudio's bundles keep files named by a bare file name (pipelines/_wav2vec2/utils.py).
@@ -97,7 +91,7 @@ def _model_state(state: dict) -> dict:
     return state
 
 
-class BundleAudioEncoder(nn.Module):
+class BundleAudioEncoder(RowEncoder):
     """Audio rows to embeddings with a pretrained torchaudio bundle.
 
     Input:  ``rows`` float32 [K, R], mono, in [-1, 1], R == row_samples, sampled
@@ -184,25 +178,8 @@ class BundleAudioEncoder(nn.Module):
             "row_samples": self.row_samples,
         }
 
-    @property
-    def embed_dim(self) -> int:
-        return self.cfg.embed_dim
-
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        if rows.ndim != 2 or rows.shape[1] != self.row_samples or not rows.is_floating_point():
-            raise ValueError(
-                f"BundleAudioEncoder expects float rows [K, {self.row_samples}], got {rows.dtype} {list(rows.shape)}"
-            )
-        if rows.shape[0] == 0:
-            return torch.zeros(0, self.embed_dim, device=rows.device)
+    def tokens(self, rows: torch.Tensor) -> torch.Tensor:
         if self.normalize_waveform:
             rows = F.layer_norm(rows, rows.shape[-1:])
         layers, _ = self.model.extract_features(rows)
-        return self.proj(layers[-1].mean(dim=1)).float()  # [K, frames, D] -> [K, embed_dim]
-
-    def encode(self, rows: np.ndarray) -> np.ndarray:
-        """numpy float32 [K, R] -> numpy float32 [K, embed_dim], run on the module's device."""
-        return run_on_device(self, rows, module_device(self))
-
-    def save(self, path: str | Path) -> None:
-        save_checkpoint(path, KIND, self.state_dict(), self.preprocessing, extra={"embed_dim": self.embed_dim})
+        return self.proj(layers[-1].mean(dim=1))  # [K, frames, D] -> [K, embed_dim]

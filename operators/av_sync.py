@@ -21,7 +21,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from operators.checkpoint import check_checkpoint, load_state_strict, read_torch_file, save_checkpoint, seeded_init
+from operators.checkpoint import (check_checkpoint, check_trained_behind, load_state_strict, read_torch_file,
+                                  save_checkpoint, seeded_init)
 from operators.fusion import FusionBatch
 
 KIND = "av_sync"
@@ -146,8 +147,7 @@ def load_sync_head(path: str | Path, video_dim: int, audio_dim: int, token_s: fl
                                                        ("max_lag_s", "lag_step_s", "dim") if key in recorded})
     check_checkpoint(obj, path, KIND, spec.as_dict())
     if expected is not None:
-        recorded_behind = obj.get("extra", {}).get("trained_behind") or {}
-        check_checkpoint({**obj, "preprocessing": recorded_behind}, path, KIND, expected)
+        check_trained_behind(obj, path, KIND, expected)
     head = AVSyncHead(spec)
     load_state_strict(head, obj["state_dict"], path)
     head.eval()

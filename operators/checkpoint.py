@@ -132,6 +132,13 @@ def check_checkpoint(obj: Any, path: str | Path, kind: str, expected_preprocessi
     return obj
 
 
+def check_trained_behind(obj: dict, path: str | Path, kind: str, expected: Mapping[str, Any]) -> None:
+    """A head's checkpoint records what it was trained behind (``extra['trained_behind']``:
+    encoders, windows); CheckpointMismatchError when the pipeline would feed it otherwise."""
+    recorded = obj.get("extra", {}).get("trained_behind") or {}
+    check_checkpoint({**obj, "preprocessing": recorded}, path, kind, expected)
+
+
 def load_checkpoint(path: str | Path, kind: str, expected_preprocessing: Mapping[str, Any]) -> dict:
     """Read and validate an avfuse checkpoint of ``kind`` made for ``expected_preprocessing``."""
     return check_checkpoint(read_torch_file(path), path, kind, expected_preprocessing)

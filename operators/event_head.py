@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from operators.checkpoint import CheckpointError, check_checkpoint, load_state_strict, read_torch_file, \
-    save_checkpoint, seeded_init
+from operators.checkpoint import (CheckpointError, check_checkpoint, check_trained_behind, load_state_strict,
+                                  read_torch_file, save_checkpoint, seeded_init)
 from operators.fusion import FusionBatch, FusionModel
 from pipeline.config import FusionConfig
 
@@ -66,8 +66,7 @@ def load_event_head(path: str | Path, video_dim: int, audio_dim: int,
     fusion_cfg = FusionConfig(strategy=recorded["strategy"], dim=recorded["dim"], heads=recorded["heads"])
     head = EventHead(fusion_cfg, video_dim, audio_dim, recorded["labels"])
     check_checkpoint(obj, path, KIND, head.preprocessing)
-    extra = dict(obj.get("extra", {}))
-    check_checkpoint({**obj, "preprocessing": extra.get("trained_behind", {})}, path, KIND, expected)
+    check_trained_behind(obj, path, KIND, expected)
     load_state_strict(head, obj["state_dict"], path)
     head.eval()
-    return head, extra
+    return head, dict(obj.get("extra", {}))

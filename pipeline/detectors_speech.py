@@ -11,43 +11,33 @@ without its 30 ms padding, so that event times are window times:
 - speech that lasted less than min_speech_s is no event.
 Confidence is the mean probability of the windows inside the event. Windows are handled one at a
 time with all state kept across chunks, so chunk boundaries never change the events.
-
-Also here: the driver's one log line when speech detection cannot run.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from pipeline.config import SpeechConfig
-from pipeline.detectors_audio import AUDIO_GAP_S
+from pipeline.detectors_audio import _TIME_EPS_S, _AudioDetector
 from pipeline.media import SpeechProbs
 from pipeline.records import Event
 
-log = logging.getLogger("avfuse.speech")
-
-_TIME_EPS_S = 1e-6  # PTS are floats
-class SpeechDetector:
+class SpeechDetector(_AudioDetector):
     name = "speech"
-    version = "1"
 
     def __init__(self, stream_id: str, cfg: SpeechConfig) -> None:
-        self._stream_id = stream_id
+        super().__init__(stream_id)
         self._cfg = cfg
         self._start_s: float | None = None  # first window of the open speech
         self._quiet_from_s: float | None = None  # the possible end: first quiet window since speech was sure
         self._quiet_index = 0  # len(self._probs) at the possible end
         self._probs: list[float] = []  # probabilities of the windows since the start
-        self._last_end_s: float | None = None  # end of the last window seen
 
     def update(self, speech: SpeechProbs) -> list[Event]:
         events = []
         cfg = self._cfg
         for t_s, prob in zip(speech.t_s.tolist(), speech.prob.tolist()):
-            if self._start_s is not None and self._last_end_s is not None \
-                    and t_s - self._last_end_s > AUDIO_GAP_S + _TIME_EPS_S:
+            if self._start_s is not None and self._gap_before(t_s):
                 events += self._close_at_pause_or(self._last_end_s, "gap")
             if self._start_s is None:
                 if prob >= cfg.enter_prob:
@@ -70,8 +60,7 @@ class SpeechDetector:
         """Close open speech at the end of the media, never past the last window seen."""
         if self._start_s is None:
             return []
-        media_end_s = self._last_end_s if end_s is None else min(end_s, self._last_end_s)
-        return self._close_at_pause_or(max(self._start_s, media_end_s), "end")
+        return self._close_at_pause_or(max(self._start_s, self._media_end(end_s)), "end")
 
     def pending_from_s(self) -> float | None:
         return self._start_s
@@ -86,5 +75,4 @@ class SpeechDetector:
             return []
         attributes = {"duration_s": end_s - start_s, "mean_prob": float(np.mean(probs)),
                       "max_prob": float(max(probs)), "closed_by": closed_by}
-        return [Event(self._stream_id, self.name, start_s, end_s, min(1.0, max(0.0, float(np.mean(probs)))),
-                      self.name, self.version, attributes=attributes)]
+        return [self._event(start_s, end_s, float(np.mean(probs)), attributes)]

@@ -35,7 +35,7 @@ from pipeline.config import Config
 from pipeline.delivery import Committer
 from pipeline.errors import ServiceError
 from pipeline.exporter import Exporter, Readiness
-from pipeline.jobs import BadJob, StartJob, StopJob, parse_job
+from pipeline.jobs import BadJob, StopJob, parse_job
 from pipeline.kafka_sink import client_security
 from pipeline.kafka_topics import ensure_topics
 from pipeline.offsets import OffsetTracker

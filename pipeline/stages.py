@@ -162,19 +162,14 @@ class FusionStage:
             with torch.autocast(device_type=self.device.type, enabled=False):
                 sync = self.sync(batch) if self.sync is not None else None
                 labels = torch.sigmoid(self.event_head(batch)) if self.event_head is not None else None
-        parts = [_split(embedding, lengths)]
-        if sync is not None:
-            parts += [_split(lag_posterior(sync.logits).cpu().numpy(), lengths),
-                      _split(sync.valid.cpu().numpy(), lengths)]
-        if labels is not None:
-            parts.append(_split(labels.float().cpu().numpy(), lengths))
-        results = []
-        for i in range(len(items)):
-            shares = iter(part[i] for part in parts)
-            fused = FusedWindows(next(shares))
-            if sync is not None:
-                fused.sync_probs, fused.sync_valid, fused.sync_lags_s = next(shares), next(shares), self.sync_lags_s
-            if labels is not None:
-                fused.label_probs, fused.labels, fused.head_version = next(shares), self.labels, self.head_version
-            results.append(fused)
-        return results
+        sync_probs = lag_posterior(sync.logits).cpu().numpy() if sync is not None else None
+        sync_valid = sync.valid.cpu().numpy() if sync is not None else None
+        label_probs = labels.float().cpu().numpy() if labels is not None else None
+        bounds = np.cumsum([0, *lengths])
+
+        def rows(array: np.ndarray | None, a: int, b: int) -> np.ndarray | None:
+            return None if array is None else array[a:b]
+
+        return [FusedWindows(embedding[a:b], rows(sync_probs, a, b), rows(sync_valid, a, b), self.sync_lags_s,
+                             rows(label_probs, a, b), self.labels, self.head_version)
+                for a, b in zip(bounds[:-1], bounds[1:])]

@@ -7,22 +7,23 @@ import torch
 
 from operators.av_sync import AVSyncHead, lag_posterior
 from operators.fusion import WindowInput, collate_windows
+from pipeline.alignment import WindowSpec
 from pipeline.clip_tokens import ClipTokens
 from pipeline.config import Config
 from pipeline.sync_tracker import SyncEstimate, SyncTracker
 
 
 def pipeline_windows(clip: ClipTokens, window_s: float, hop_s: float) -> list[WindowInput]:
-    """Windows [i * hop_s, i * hop_s + window_s) over the clip, phase-0 audio, as the aligner cuts them."""
-    audio_t_s = clip.audio_t_s(0)
-    windows, start_s = [], 0.0
-    while start_s < clip.duration_s():
-        end_s = start_s + window_s
+    """The aligner's windows (``WindowSpec``) over the clip, with its phase-0 audio rows."""
+    spec, audio_t_s = WindowSpec(window_s, hop_s), clip.audio_t_s(0)
+    windows, index = [], 0
+    while spec.start_s(index) < clip.duration_s():
+        start_s, end_s = spec.start_s(index), spec.end_s(index)
         v = (clip.video_t_s >= start_s) & (clip.video_t_s < end_s)
         a = (audio_t_s >= start_s - 1e-9) & (audio_t_s < end_s - 1e-9)
         windows.append(WindowInput(start_s, clip.video_tokens[v], clip.video_t_s[v],
                                    clip.audio_tokens[0][a], audio_t_s[a]))
-        start_s = round(start_s + hop_s, 6)
+        index += 1
     return windows
 
 
