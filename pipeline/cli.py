@@ -4,6 +4,7 @@ Exit codes of ``replay``: 0 every stream succeeded; 1 a stream failed (the
 others still completed); 2 usage or configuration error; 130 interrupted.
 ``run``: 0 after a SIGTERM drain; 1 the service could not go on (the broker
 unreachable at start, an exactly-once transaction failed: restart it); 2 usage.
+``exporter``: 0 after SIGTERM; 1 its port or folder is unusable; 2 usage.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("avfuse")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, ray: bool = True) -> None:
     parser.add_argument("-c", "--config", help="YAML config file (defaults apply to unset keys)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key; repeatable")
     parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
-    parser.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
+    if ray:
+        parser.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
     parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="text (default) or one JSON object per line, with stream_id and stage")
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the Kafka service: consume jobs and media segments until SIGTERM")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="override metrics.port")
     _common(run)
+    exporter = sub.add_parser("exporter", help="serve a node's metrics folder (metrics.dir) on metrics.port: "
+                                                "the scrape target beside a Ray container")
+    exporter.add_argument("--reap-dead-processes", action="store_true",
+                          help="drop the live gauges of processes that ended (the pod must share its "
+                               "process namespace with the Ray container)")
+    _common(exporter, ray=False)
     sample = sub.add_parser("sample", help="write the synthetic demo clip with known events")
     sample.add_argument("out", metavar="OUT.mp4")
     add_train_parser(sub)
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `avfuse train` records its command
     # The service is watched through its logs; a replay through its terminal output.
-    quiet = logging.INFO if args.command in ("run", "train") else logging.WARNING
+    quiet = logging.INFO if args.command in ("run", "train", "exporter") else logging.WARNING
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else quiet, getattr(args, "log_format", "text"))
     if args.command == "sample":
         from pipeline.sample import write_clip
@@ -87,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "train":
         return _train(cfg, args)
+    if args.command == "exporter":
+        return _exporter(cfg, args)
     try:
         if args.command == "run":
             from pipeline.service import run_service
@@ -109,6 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"avfuse: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+        return EXIT_STREAM_FAILED
+
+
+def _exporter(cfg: Config, args: argparse.Namespace) -> int:
+    from pipeline.node_exporter import serve
+
+    if not cfg.metrics.dir or cfg.metrics.port is None:
+        print("avfuse: exporter needs metrics.dir (the folder the node's processes count into) and "
+              "metrics.port", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return serve(cfg.metrics.dir, cfg.metrics.port, args.reap_dead_processes)
+    except OSError as exc:  # the port is taken, the folder cannot be made
+        print(f"avfuse: exporter: {exc.strerror or exc}: {exc.filename or f'port {cfg.metrics.port}'}",
               file=sys.stderr)
         return EXIT_STREAM_FAILED
 

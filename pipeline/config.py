@@ -208,6 +208,8 @@ class RuntimeConfig(Section):
     ray_address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:10001 joins one")
     num_cpus: int | None = Field(None, description="CPUs for a local Ray; None lets Ray count them")
     encoder_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each shared operator actor (cluster)")
+    encoder_cpus: float = Field(0.0, ge=0, description="CPUs reserved by each shared operator actor; on a cluster "
+                                                       "whose head advertises none, > 0 keeps them off the head")
     decode_cpus: float = Field(0.0, ge=0, description="CPUs reserved by each decode actor; set 1 on a cluster to spread them")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each shared operator actor")
     max_concurrent_streams: int = Field(8, ge=1, description="streams decoded at once; more wait their turn")
@@ -219,6 +221,9 @@ class MetricsConfig(Section):
     per_stream_labels: bool = Field(True, description="label series by stream (false bounds cardinality)")
     dir: str | None = Field(None, description="folder the processes of a run share their samples in "
                                               "(default: a fresh one under the temp folder)")
+    node_exporters: bool = Field(True, description="`avfuse run` places an exporter actor on every other Ray "
+                                                   "node; false where each node has its own (`avfuse exporter` "
+                                                   "beside the Ray container on Kubernetes)")
 
 
 class KafkaTopicsConfig(Section):

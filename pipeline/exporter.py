@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -37,7 +38,10 @@ class Readiness:
 
 
 class Exporter:
-    def __init__(self, port: int, readiness: Readiness, host: str = "0.0.0.0"):
+    """``collect`` makes the /metrics body (default: this node's folder, ``metrics.collect``)."""
+
+    def __init__(self, port: int, readiness: Readiness, host: str = "0.0.0.0",
+                 collect: Callable[[], bytes] = metrics.collect):
         self.readiness = readiness
         exporter = self
 
@@ -45,7 +49,7 @@ class Exporter:
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._reply(200, metrics.collect(), CONTENT_TYPE_LATEST)
+                    self._reply(200, collect(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._reply(200, b"ok\n")
                 elif path == "/readyz":

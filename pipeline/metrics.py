@@ -62,10 +62,11 @@ def stream_label(stream_id: str) -> str:
     return stream_id if os.environ.get(PER_STREAM_ENV, "1") != "0" else ""
 
 
-def mark_process_dead(pid: int) -> None:
+def mark_process_dead(pid: int, folder: str | Path | None = None) -> None:
     """Drop a dead process's live gauges (counters and histograms keep counting)."""
-    if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
+    folder = folder or multiprocess_dir()
+    if folder:
+        multiprocess.mark_process_dead(pid, str(folder))
 
 
 class Metrics:

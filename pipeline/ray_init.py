@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 
 import ray
 
@@ -39,23 +40,33 @@ def init_ray(cfg: Config, debug: bool = False) -> None:
     if ray.is_initialized():
         return
     init_metrics(cfg)
+    connect_ray(cfg, debug)
+
+
+def connect_ray(cfg: Config, debug: bool = False) -> None:
+    """Join or start Ray; ``init_metrics`` must have chosen the folder first."""
     worker_env = metrics.worker_env(cfg.metrics.per_stream_labels)
     # Ray's own daemons (dashboard, agents) use prometheus_client too; they must not
     # inherit our folder. Our workers get it from runtime_env instead.
     folder = os.environ.pop(metrics.MULTIPROC_ENV)
+    address = cfg.runtime.ray_address
     try:
-        ray.init(
-            # Every worker of this job counts into the driver's metrics folder.
-            runtime_env={"env_vars": worker_env},
-            # "local" starts a fresh Ray even if `ray start` left a cluster on this machine:
-            # joining one is what --ray-address is for.
-            address=cfg.runtime.ray_address or "local",
-            num_cpus=cfg.runtime.num_cpus if cfg.runtime.ray_address is None else None,
-            include_dashboard=False,
-            log_to_driver=debug,
-            logging_level=logging.INFO if debug else logging.ERROR,
-            configure_logging=True,
-        )
+        with warnings.catch_warnings():  # its two-line advice; the error below says it in one
+            warnings.filterwarnings("ignore", message="Ray Client connection timed out")
+            ray.init(
+                # Every worker of this job counts into the driver's metrics folder.
+                runtime_env={"env_vars": worker_env},
+                # "local" starts a fresh Ray even if `ray start` left a cluster on this machine:
+                # joining one is what --ray-address is for.
+                address=address or "local",
+                num_cpus=cfg.runtime.num_cpus if address is None else None,
+                include_dashboard=False,
+                log_to_driver=debug,
+                logging_level=logging.INFO if debug else logging.ERROR,
+                configure_logging=True,
+            )
+    except ConnectionError as exc:  # Ray Client's timeout, a head that is not up yet
+        raise ConnectionError(f"Ray at {address} is not reachable: {exc}") from None
     finally:
         os.environ[metrics.MULTIPROC_ENV] = folder
 

@@ -64,7 +64,7 @@ class Pipeline:
         # The driver's torch work (feature differences) is tiny; more intra-op threads
         # would only spin against the decoders for the same cores.
         torch.set_num_threads(cfg.runtime.torch_threads)
-        placement = {"num_cpus": 0, "num_gpus": cfg.runtime.encoder_gpus}
+        placement = {"num_cpus": cfg.runtime.encoder_cpus, "num_gpus": cfg.runtime.encoder_gpus}
         threads = cfg.runtime.torch_threads
         self.vision = StageActor.options(**placement).remote("vision", cfg, threads)
         self.audio = StageActor.options(**placement).remote("audio", cfg, threads)

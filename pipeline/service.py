@@ -40,7 +40,7 @@ from pipeline.kafka_sink import client_security
 from pipeline.kafka_topics import ensure_topics
 from pipeline.offsets import OffsetTracker
 from pipeline.records import Error
-from pipeline.ray_init import init_ray, start_node_exporters
+from pipeline.ray_init import connect_ray, init_metrics, start_node_exporters
 from pipeline.runtime import Pipeline
 from pipeline.segments import SequenceCheck, parse_headers
 from pipeline.sinks import FanoutSink, LogSink, Sink
@@ -329,17 +329,22 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def run_service(cfg: Config, metrics_port: int | None, debug: bool = False) -> int:
-    init_ray(cfg, debug=debug)
+    init_metrics(cfg)
     service = Service(cfg)
     port = metrics_port if metrics_port is not None else cfg.metrics.port
+    # Up before Ray is joined: /healthz answers and /readyz says "ray: not yet" while a
+    # cluster's head is still starting, so a liveness probe does not kill a waiting pod.
     exporter = Exporter(port, service.readiness).start() if port is not None else None
-    node_exporters = start_node_exporters(port) if port else []  # one scrape target per node
-
+    node_exporters = []
     try:
+        connect_ray(cfg, debug=debug)
+        if port and cfg.metrics.node_exporters:  # one scrape target per node
+            node_exporters = start_node_exporters(port)
         return asyncio.run(service.run())
     finally:
         if exporter is not None:
             exporter.stop()
         for actor in node_exporters:
             ray.kill(actor)
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
