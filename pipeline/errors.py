@@ -30,3 +30,8 @@ class OperatorLoadError(AvfuseError):
 
 class ServiceError(AvfuseError):
     """The Kafka service cannot go on (broker unreachable at start, a transaction failed)."""
+
+
+class ClusterLost(AvfuseError):
+    """The Ray cluster no longer answers (its head restarted): its actors are gone, and this
+    process cannot rebuild them. The stream it ends is not done: it runs again after a restart."""

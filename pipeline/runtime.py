@@ -25,7 +25,7 @@ import torch
 from pipeline import metrics
 from pipeline.actors import DecodeActor, StageActor
 from pipeline.config import Config
-from pipeline.errors import StreamOpenError
+from pipeline.errors import ClusterLost, StreamOpenError
 from pipeline.records import Error, StreamEnd
 from pipeline.session import StreamSession
 from pipeline.sinks import Sink
@@ -84,6 +84,28 @@ class Pipeline:
                 raise outcome
         return list(outcomes)
 
+    async def cluster_lost(self, timeout_s: float = 30.0) -> str | None:
+        """None while the shared operator actors answer; else why they do not.
+
+        They live as long as the cluster does: no answer means the head restarted (or the
+        connection to it is gone for good), not that one stream's input was bad.
+        """
+        try:
+            await asyncio.wait_for(asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(),
+                                                  self.fusion.ready.remote()), timeout_s)
+        except asyncio.TimeoutError:
+            return f"the operator actors did not answer within {timeout_s:.0f} s"
+        except Exception as exc:  # whatever Ray raises for a cluster that is gone
+            return _one_line(_cause(exc))
+        return None
+
+    async def _unless_cluster_lost(self, stream_id: str, exc: BaseException) -> None:
+        """Raise ClusterLost for a Ray failure that took the whole cluster, not just this stream."""
+        if isinstance(exc, (ray.exceptions.RayError, ConnectionError)):
+            lost = await self.cluster_lost()
+            if lost is not None:
+                raise ClusterLost(stream_id, f"the Ray cluster is gone ({lost})") from None
+
     def shutdown(self) -> None:
         actors = (self.vision, self.audio, self.fusion)
         try:  # their live gauges (GPU memory) must not outlive them
@@ -127,13 +149,17 @@ class Pipeline:
                                               self.cfg.decode.realtime if live is None else live, stop)
             finally:
                 active.dec()
-                ray.kill(decoder)
+                try:
+                    ray.kill(decoder)
+                except Exception:  # a cluster that is gone took the actor with it
+                    log.debug("could not kill the decoder of %s", stream_id, exc_info=True)
 
     async def _run_stream(self, decoder, stream_id: str, uri: str, sink: Sink,
                           on_progress: ProgressFn | None, live: bool, stop: asyncio.Event | None) -> StreamResult:
         try:
             info = await decoder.open.remote()
         except (ray.exceptions.RayError, StreamOpenError) as exc:
+            await self._unless_cluster_lost(stream_id, exc)
             cause = _cause(exc)
             reason = cause.reason if isinstance(cause, StreamOpenError) else _one_line(cause)
             sink.write(Error(stream_id, "open", reason, uri=uri, fatal=True))
@@ -143,6 +169,7 @@ class Pipeline:
         if on_progress is not None:
             on_progress(stream_id, 0.0, info.duration_s)  # the stream's clock starts now
         status, reason = "ok", None
+        lost: ClusterLost | None = None
         try:
             stopped = await self._pump(decoder, session, info.duration_s, on_progress, live, stop)
             reason = "stopped before its end" if stopped else _truncation(session.processed_s, info.duration_s)
@@ -156,17 +183,25 @@ class Pipeline:
             raise
         except Exception as exc:  # one stream's failure must not stop the others
             log.debug("stream %s failed", stream_id, exc_info=True)
-            status, reason = "failed", _one_line(_cause(exc))
-            sink.write(Error(stream_id, "runtime", reason, uri=uri, fatal=True))
-        finally:
             try:
-                counters = await asyncio.wait_for(decoder.counters.remote(), 5.0)
-                session.decode_errors = counters["decode_errors"]
-            except (ray.exceptions.RayError, asyncio.TimeoutError, asyncio.CancelledError):
-                pass
-            end = session.close(status, reason)
-            self.audio.forget.remote(stream_id)  # fire and forget: nothing waits on it
+                await self._unless_cluster_lost(stream_id, exc)
+            except ClusterLost as cluster_lost:
+                lost = cluster_lost
+            else:
+                status, reason = "failed", _one_line(_cause(exc))
+                sink.write(Error(stream_id, "runtime", reason, uri=uri, fatal=True))
+        finally:
+            if lost is None:  # a lost cluster's stream writes no end: it is not over, only cut off
+                try:
+                    counters = await asyncio.wait_for(decoder.counters.remote(), 5.0)
+                    session.decode_errors = counters["decode_errors"]
+                except (ray.exceptions.RayError, asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
+                end = session.close(status, reason)
+                self.audio.forget.remote(stream_id)  # fire and forget: nothing waits on it
             sink.flush()
+        if lost is not None:
+            raise lost
         return StreamResult(stream_id, uri, status, reason, end.processed_s, end.wall_s, end.events)
 
     async def _pump(self, decoder, session: StreamSession, duration_s: float | None,

@@ -33,7 +33,7 @@ from kafka.errors import KafkaError
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.delivery import Committer
-from pipeline.errors import ServiceError
+from pipeline.errors import ClusterLost, ServiceError
 from pipeline.exporter import Exporter, Readiness
 from pipeline.jobs import BadJob, StopJob, parse_job
 from pipeline.kafka_sink import client_security
@@ -75,6 +75,7 @@ class Service:
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="avfuse-consumer")
         self._stopping = asyncio.Event()
         self._endings: set[asyncio.Future] = set()  # streams that ended, their records not yet flushed
+        self._cluster_lost: str | None = None  # why the Ray cluster is gone, once it is
         self._m = metrics.get()
 
     # -- consumer thread -------------------------------------------------------------
@@ -111,7 +112,7 @@ class Service:
         self.readiness.set("kafka", True)
         log.info("consuming %s from %s", ", ".join(self.topics[n] for n in self.cfg.kafka.consume),
                  self.cfg.kafka.bootstrap_servers)
-        last_commit = time.monotonic()
+        last_commit = last_cluster_check = time.monotonic()
         while not self._stopping.is_set():
             try:
                 batches = await self._on_consumer(self.consumer.poll, timeout_ms=200)
@@ -129,8 +130,25 @@ class Service:
                 await self._commit()
                 await self._on_consumer(self._update_lag)
                 last_commit = time.monotonic()
+            if time.monotonic() - last_cluster_check >= self.cfg.runtime.cluster_check_s:
+                # Streams notice a lost cluster when their calls fail; an idle service only here.
+                lost = await self.pipeline.cluster_lost()
+                if lost is not None:
+                    self._lose_cluster(f"the Ray cluster is gone ({lost})")
+                last_cluster_check = time.monotonic()
+        if self._cluster_lost is not None:
+            await self._abandon()
+            raise ServiceError(None, f"{self._cluster_lost}; exiting, to be restarted and join it again")
         await self._drain()
         return 0
+
+    def _lose_cluster(self, reason: str) -> None:
+        """Nothing running on Ray can go on: stop consuming, and let the orchestrator restart us."""
+        if self._cluster_lost is None:
+            self._cluster_lost = reason
+            log.error("%s", reason, extra={"stage": "ray"})
+            self.readiness.set("ray", False, reason)
+        self._stopping.set()
 
     async def _connect(self) -> None:
         t = self.cfg.kafka.topics
@@ -157,6 +175,17 @@ class Service:
         await self._on_consumer(self.committer.close)
         await self._on_consumer(self.consumer.close, autocommit=False)
         self.pipeline.shutdown()
+
+    async def _abandon(self) -> None:
+        """The cluster is gone: streams in flight end without being done, so that they run again
+        from their first message after the restart; what was done before is committed."""
+        in_flight = [s.task for s in self.streams.values()]
+        if in_flight:  # each ends once its next Ray call fails (or its check times out)
+            await asyncio.wait(in_flight, timeout=2 * 30.0 + 10)
+        await asyncio.gather(*list(self._endings), return_exceptions=True)
+        await self._commit()
+        await self._on_consumer(self.committer.close)
+        await self._on_consumer(self.consumer.close, autocommit=False)
 
     async def _commit(self) -> None:
         offsets = self.offsets.committable()
@@ -278,6 +307,9 @@ class Service:
         """A stream ended: once its records are acknowledged, its messages are done."""
         if self.streams.get(stream.stream_id) is stream:
             self.streams.pop(stream.stream_id)
+        if not task.cancelled() and isinstance(task.exception(), ClusterLost):
+            self._lose_cluster(task.exception().reason)
+            return  # not done: the stream runs again once avfuse has restarted and rejoined
         if not task.cancelled() and task.exception() is not None:
             log.error("stream failed: %s", task.exception(), extra={"stream_id": stream.stream_id, "stage": "runtime"})
         interrupted = task.cancelled() or (task.exception() is None and task.result().status == "interrupted")

@@ -64,7 +64,7 @@ def topics_for(prefix: str) -> dict[str, str]:
 class Service:
     """`avfuse run` as a user starts it, on its own topics and consumer group."""
 
-    def __init__(self, broker: Broker, prefix: str, tmp_path: Path, *sets: str):
+    def __init__(self, broker: Broker, prefix: str, tmp_path: Path, *sets: str, env: dict | None = None):
         self.broker, self.prefix, self.topics = broker, prefix, topics_for(prefix)
         self.log_path = tmp_path / f"service-{uuid.uuid4().hex[:6]}.log"
         self.metrics_port = free_port()
@@ -78,7 +78,7 @@ class Service:
             args += ["--set", item]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=self._log,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True, env=env)
 
     def wait_ready(self, timeout_s: float = 180) -> None:
         import urllib.error

@@ -14,22 +14,21 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, values
 
 from pipeline.metrics import Metrics
+from tests.k8s_schemas import crd_validator
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "k8s" / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 PODMONITOR = MONITORING / "podmonitor.yaml"
 SCRAPE_CONFIG = MONITORING / "prometheus-scrape.yaml"
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "k8s-crds"
 
 METRICS_PORT = 9108  # default of the config's metrics.port
-METRICS_PORT_NAME = "metrics"  # container port name of the avfuse pods
+METRICS_PORT_NAME = "avfuse-metrics"  # container port name of the avfuse pods (Ray names its own "metrics")
 METRICS_PATH = "/metrics"
 POD_LABELS = {"app.kubernetes.io/name": "avfuse"}
 # Labels that Prometheus (job, instance) and the PodMonitor / kubernetes_sd relabelings attach
@@ -271,46 +270,6 @@ def podmonitor() -> dict:
     docs = [d for d in yaml.safe_load_all(PODMONITOR.read_text()) if d]
     assert len(docs) == 1
     return docs[0]
-
-
-def find_crd(group: str, kind: str) -> dict:
-    assert CRDS.is_dir(), f"CRD folder {CRDS} is missing: the manifests cannot be validated offline"
-    for path in sorted(CRDS.glob("*.y*ml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == "CustomResourceDefinition" and doc["spec"]["group"] == group \
-                    and doc["spec"]["names"]["kind"] == kind:
-                return doc
-    raise AssertionError(f"no CRD for {kind}.{group} in {CRDS}")
-
-
-def strict(schema: dict) -> dict:
-    """The schema with unknown fields refused, as the API server does with field validation
-    Strict (kubectl's default): the CRD's objects leave additionalProperties unset, which JSON
-    Schema reads as "anything goes", so a misspelt field would otherwise validate."""
-    schema = copy.deepcopy(schema)
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "properties" in node and "additionalProperties" not in node \
-                    and not node.get("x-kubernetes-preserve-unknown-fields"):
-                node["additionalProperties"] = False
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(schema)
-    return schema
-
-
-def crd_validator(resource: dict) -> jsonschema.Validator:
-    group, _, version = resource["apiVersion"].partition("/")
-    crd = find_crd(group, resource["kind"])
-    versions = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
-    assert version in versions, f"{resource['apiVersion']} is not served by the CRD (serves {sorted(versions)})"
-    # OpenAPI v3.0 schemas follow JSON Schema draft 4 (boolean exclusiveMinimum and the like).
-    return jsonschema.Draft4Validator(strict(versions[version]["schema"]["openAPIV3Schema"]))
 
 
 def test_podmonitor_validates_against_prometheus_operator_crd(podmonitor):
