@@ -33,6 +33,9 @@ from pipeline.sinks import Sink
 log = logging.getLogger("avfuse.runtime")
 
 ProgressFn = Callable[[str, float, float | None], None]
+# How long the shared operator actors may take to answer before the cluster counts as gone:
+# far above one batch (they answer between batches), far below a stuck pod's patience.
+CLUSTER_CHECK_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Pipeline:
                 raise outcome
         return list(outcomes)
 
-    async def cluster_lost(self, timeout_s: float = 30.0) -> str | None:
+    async def cluster_lost(self, timeout_s: float = CLUSTER_CHECK_TIMEOUT_S) -> str | None:
         """None while the shared operator actors answer; else why they do not.
 
         They live as long as the cluster does: no answer means the head restarted (or the

@@ -41,7 +41,7 @@ from pipeline.kafka_topics import ensure_topics
 from pipeline.offsets import OffsetTracker
 from pipeline.records import Error
 from pipeline.ray_init import connect_ray, init_metrics, start_node_exporters
-from pipeline.runtime import Pipeline
+from pipeline.runtime import CLUSTER_CHECK_TIMEOUT_S, Pipeline
 from pipeline.segments import SequenceCheck, parse_headers
 from pipeline.sinks import FanoutSink, LogSink, Sink
 from pipeline.uri_policy import UriPolicy, UriRefused, redact
@@ -180,8 +180,8 @@ class Service:
         """The cluster is gone: streams in flight end without being done, so that they run again
         from their first message after the restart; what was done before is committed."""
         in_flight = [s.task for s in self.streams.values()]
-        if in_flight:  # each ends once its next Ray call fails (or its check times out)
-            await asyncio.wait(in_flight, timeout=2 * 30.0 + 10)
+        if in_flight:  # each ends once its next Ray call fails and its own check times out
+            await asyncio.wait(in_flight, timeout=2 * CLUSTER_CHECK_TIMEOUT_S + 10)
         await asyncio.gather(*list(self._endings), return_exceptions=True)
         await self._commit()
         await self._on_consumer(self.committer.close)

@@ -18,7 +18,8 @@ from pathlib import Path
 from pipeline.sample import ClipSpec, write_clip
 from tests.kafka_support import Reader, Service, free_port, job, produce, stream_ends
 from tests.test_k8s import env_config, render
-from tests.test_node_exporter import get, samples, start_exporter
+from tests.test_metrics import get, parse
+from tests.test_node_exporter import start_exporter
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -92,7 +93,7 @@ def test_deployed_consumer_runs_through_ray_client_and_comes_back_after_the_clus
         records = reader.read_until(lambda rs: "cam1" in stream_ends(rs), timeout_s=180, what="cam1's end")
         assert stream_ends(records)["cam1"]["status"] == "ok", service.log()
         assert any(r["type"] == "event" and r["stream_id"] == "cam1" for r in records)
-        scraped = samples(get(f"http://127.0.0.1:{exporter_port}/metrics")[1])
+        scraped = parse(get(f"http://127.0.0.1:{exporter_port}/metrics")[1])
         assert scraped[("avfuse_frames_decoded_total", (("stream", "cam1"),))] > 0
 
         # The cluster goes away while cam2 is being processed.

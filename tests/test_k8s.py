@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tests.k8s_schemas import crd_validator, has_crd
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = ("cpu", "gpu")
-KUBERNETES_VERSION = "1.33.0"  # oldest minor the manifests target (NetworkPolicy endPort, sidecar probes)
+KUBERNETES_VERSION = "1.33.0"  # the oldest minor still maintained upstream (NetworkPolicy endPort: 1.25+)
 # Secrets the manifests read but do not make: the user creates the Ray token; Strimzi's User
 # Operator writes the KafkaUser's password, its Cluster Operator the cluster CA (k8s/README.md).
 EXTERNAL_SECRETS = {"avfuse-ray-token", "avfuse", "avfuse-kafka-cluster-ca-cert"}
@@ -87,12 +88,10 @@ def env_config(objects: list[dict]):
     """The typed config the consumer runs: configs/kafka.yaml (from its ConfigMap) plus avfuse-env."""
     config_map = named_prefix(objects, "ConfigMap", "avfuse-config")
     env = named_prefix(objects, "ConfigMap", "avfuse-env")["data"]
-    path = Path(sys.modules[__name__].__file__).parent / "_rendered_kafka.yaml"
-    try:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kafka.yaml"
         path.write_text(config_map["data"]["kafka.yaml"])
         return load_config(path, environ=env), env
-    finally:
-        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

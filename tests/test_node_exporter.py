@@ -10,14 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.node_exporter import dead_processes, reap_dead_processes
+from tests.kafka_support import free_port
+from tests.test_metrics import get, parse
 
 AVFUSE = [sys.executable, "-m", "pipeline.cli"]
 REPO = Path(__file__).resolve().parents[1]
@@ -34,20 +33,6 @@ time.sleep(600)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def wait_for(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -57,11 +42,6 @@ def wait_for(url: str, timeout_s: float = 60) -> None:
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"{url} never answered")
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def start_counting_process(folder: Path) -> subprocess.Popen:
@@ -99,12 +79,12 @@ def test_exporter_serves_other_processes_and_drops_live_gauges_of_ended_ones_whe
         assert get(f"http://127.0.0.1:{port}/readyz") == (200, "ready\n")
         status, text = get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
-        before = samples(text)
+        before = parse(text)
         assert before[frames] == 7 and before[active] == 1  # a live process counts
 
         counter.send_signal(signal.SIGKILL)  # as a decode actor is killed: nobody marks it dead
         counter.wait(timeout=10)
-        after = samples(get(f"http://127.0.0.1:{port}/metrics")[1])
+        after = parse(get(f"http://127.0.0.1:{port}/metrics")[1])
         assert after[frames] == 7  # counters of ended processes stay in the totals
         assert after.get(active, 0) == (0 if reap else 1)
     finally:
