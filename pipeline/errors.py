@@ -33,5 +33,6 @@ class ServiceError(AvfuseError):
 
 
 class ClusterLost(AvfuseError):
-    """The Ray cluster no longer answers (its head restarted): its actors are gone, and this
-    process cannot rebuild them. The stream it ends is not done: it runs again after a restart."""
+    """The shared operator actors no longer answer (the head restarted, their worker is gone):
+    this process cannot rebuild them. The stream it ends is not done: it runs again after a
+    restart of the service."""

@@ -90,8 +90,9 @@ class Pipeline:
     async def cluster_lost(self, timeout_s: float = CLUSTER_CHECK_TIMEOUT_S) -> str | None:
         """None while the shared operator actors answer; else why they do not.
 
-        They live as long as the cluster does: no answer means the head restarted (or the
-        connection to it is gone for good), not that one stream's input was bad.
+        They live as long as the cluster and their workers do: no answer means the head
+        restarted, their worker is gone or the connection to the cluster is, not that one
+        stream's input was bad. This process cannot make them again (see ClusterLost).
         """
         try:
             await asyncio.wait_for(asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(),
@@ -107,7 +108,7 @@ class Pipeline:
         if isinstance(exc, (ray.exceptions.RayError, ConnectionError)):
             lost = await self.cluster_lost()
             if lost is not None:
-                raise ClusterLost(stream_id, f"the Ray cluster is gone ({lost})") from None
+                raise ClusterLost(stream_id, f"lost the Ray cluster or its operator actors ({lost})") from None
 
     def shutdown(self) -> None:
         actors = (self.vision, self.audio, self.fusion)

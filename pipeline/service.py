@@ -134,7 +134,7 @@ class Service:
                 # Streams notice a lost cluster when their calls fail; an idle service only here.
                 lost = await self.pipeline.cluster_lost()
                 if lost is not None:
-                    self._lose_cluster(f"the Ray cluster is gone ({lost})")
+                    self._lose_cluster(f"lost the Ray cluster or its operator actors ({lost})")
                 last_cluster_check = time.monotonic()
         if self._cluster_lost is not None:
             await self._abandon()
