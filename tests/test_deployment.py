@@ -75,8 +75,8 @@ def test_deployed_consumer_runs_through_ray_client_and_comes_back_after_the_clus
     local = ["kafka.security.protocol=PLAINTEXT", "kafka.security.sasl_mechanism=null",
              "kafka.security.sasl_username=null", "kafka.security.ssl_cafile=null", f"metrics.dir={metrics_dir}",
              "runtime.encoder_cpus=0.25", "decode.realtime=true"]
-    short = write_clip(tmp_path / "short.mp4", ClipSpec(duration_s=6.0))
-    long = write_clip(tmp_path / "long.mp4", ClipSpec(duration_s=12.0))
+    short = write_clip(tmp_path / "short.mp4", ClipSpec(duration_s=5.0))
+    long = write_clip(tmp_path / "long.mp4", ClipSpec(duration_s=8.0))
     prefix = f"deploy{uuid.uuid4().hex[:6]}"
 
     cluster = RayCluster({**os.environ, **token})

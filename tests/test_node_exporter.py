@@ -130,10 +130,12 @@ def test_run_answers_healthz_while_ray_is_unreachable_then_exits_1_with_one_line
         closed.bind(("127.0.0.1", 0))
         ray_port = closed.getsockname()[1]
     port = free_port()
+    # Ray Client tries for 5 + 10 + 20 s by default; 1 + 2 + 2 s keeps the test short.
+    env = {**os.environ, "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1", "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S": "2"}
     proc = subprocess.Popen(
         [*AVFUSE, "run", "-c", str(REPO / "configs" / "kafka.yaml"), "--ray-address", f"ray://127.0.0.1:{ray_port}",
          "--metrics-port", str(port), "--set", f"metrics.dir={tmp_path / 'metrics'}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/healthz")
         assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
