@@ -66,7 +66,8 @@ def connect_ray(cfg: Config, debug: bool = False) -> None:
                 configure_logging=True,
             )
     except ConnectionError as exc:  # Ray Client's timeout, a head that is not up yet
-        raise ConnectionError(f"Ray at {address} is not reachable: {exc}") from None
+        reason = " ".join(str(exc).split())  # Ray Client's reasons span lines
+        raise ConnectionError(f"Ray at {address} is not reachable: {reason}") from None
     finally:
         os.environ[metrics.MULTIPROC_ENV] = folder
 

@@ -131,6 +131,9 @@ class Reader:
 
         self.consumer = KafkaConsumer(*topics, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
                                       group_id=None, enable_auto_commit=False, reconnect_backoff_max_ms=1000,
+                                      # Topics the service has not made yet are seen within a second,
+                                      # not at the next refresh five minutes later.
+                                      metadata_max_age_ms=1000,
                                       isolation_level="read_committed" if read_committed else "read_uncommitted")
         self.messages: list = []
 

@@ -40,6 +40,18 @@ class RayCluster:
                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                        start_new_session=True)
 
+    def wait_up(self, env: dict, timeout_s: float = 120) -> "RayCluster":
+        """Until the worker's CPUs are the cluster's: a consumer joining sooner may find no
+        worker yet, or a head whose Ray Client server is still starting."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = subprocess.run([RAY, "status", f"--address=127.0.0.1:{self.port}"], env=env,
+                                    capture_output=True, text=True, timeout=60)
+            if status.returncode == 0 and "/2.0 CPU" in status.stdout:
+                return self
+            time.sleep(1)
+        raise AssertionError(f"the Ray cluster on {self.port} did not come up")
+
     @property
     def address(self) -> str:
         return f"ray://127.0.0.1:{self.client_port}"
@@ -51,6 +63,20 @@ class RayCluster:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=30)
+
+
+def start_consumer(broker, prefix: str, tmp_path: Path, sets: list[str], env: dict) -> Service:
+    """`avfuse run` as the StatefulSet runs it: a consumer that could not join Ray exits 1 and
+    Kubernetes starts it again, up to three tries here."""
+    for attempt in range(1, 4):
+        service = Service(broker, prefix, tmp_path, *sets, env=env)
+        try:
+            service.wait_ready(timeout_s=240)
+            return service
+        except AssertionError:
+            restarted_by_kubernetes = service.proc.poll() is not None and "is not reachable" in service.log()
+            if not restarted_by_kubernetes or attempt == 3:
+                raise
 
 
 def committed(broker, group: str, topic: str) -> dict[int, int | None]:
@@ -79,12 +105,13 @@ def test_deployed_consumer_runs_through_ray_client_and_comes_back_after_the_clus
     long = write_clip(tmp_path / "long.mp4", ClipSpec(duration_s=8.0))
     prefix = f"deploy{uuid.uuid4().hex[:6]}"
 
-    cluster = RayCluster({**os.environ, **token})
+    cluster_env = {**os.environ, **token}
+    cluster = RayCluster(cluster_env)
     service = exporter = None
     reader = None
     try:
-        service = Service(kafka_broker, prefix, tmp_path, *local, f"runtime.ray_address={cluster.address}", env=env)
-        service.wait_ready(timeout_s=240)
+        cluster.wait_up(cluster_env)
+        service = start_consumer(kafka_broker, prefix, tmp_path, [*local, f"runtime.ray_address={cluster.address}"], env)
         # The worker pod's sidecar: the decode actors on the worker count into this folder.
         exporter_port = free_port()
         exporter = start_exporter(metrics_dir, exporter_port, "--reap-dead-processes")
@@ -109,9 +136,8 @@ def test_deployed_consumer_runs_through_ray_client_and_comes_back_after_the_clus
         offsets = committed(kafka_broker, prefix, service.topics["jobs"])
         assert sum(offset or 0 for offset in offsets.values()) == 1, offsets
 
-        cluster = RayCluster({**os.environ, **token})  # KubeRay's new head and worker
-        service = Service(kafka_broker, prefix, tmp_path, *local, f"runtime.ray_address={cluster.address}", env=env)
-        service.wait_ready(timeout_s=240)
+        cluster = RayCluster(cluster_env).wait_up(cluster_env)  # KubeRay's new head and worker
+        service = start_consumer(kafka_broker, prefix, tmp_path, [*local, f"runtime.ray_address={cluster.address}"], env)
         records = reader.read_until(lambda rs: "cam2" in stream_ends(rs), timeout_s=180, what="cam2's end")
         assert stream_ends(records)["cam2"]["status"] == "ok", service.log()
         assert [r["stream_id"] for r in records if r["type"] == "stream_end"].count("cam1") == 1  # not re-run
