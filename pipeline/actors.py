@@ -84,13 +84,16 @@ def _make_stage(kind: str, cfg: Config):
     # Imported here so that only operator actors load torch models.
     from pipeline import stages
 
-    return {"vision": stages.VisionStage, "audio": stages.AudioStage, "fusion": stages.FusionStage}[kind](cfg)
+    return {"vision": stages.VisionStage, "audio": stages.AudioStage, "fusion": stages.FusionStage,
+            "image_tags": stages.ImageTagStage, "sound_tags": stages.SoundTagStage}[kind](cfg)
 
 
 _MAX_BATCH = {
     "vision": lambda cfg: cfg.batching.max_batch_frames,
     "audio": lambda cfg: cfg.batching.max_batch_audio_rows,
     "fusion": lambda cfg: cfg.batching.max_batch_windows,
+    "image_tags": lambda cfg: cfg.batching.max_batch_frames,
+    "sound_tags": lambda cfg: cfg.batching.max_batch_patches,
 }
 
 
@@ -135,6 +138,11 @@ class StageActor:
         if self.load_error is not None:
             raise OperatorLoadError(None, self.load_error)
         return str(self.stage.device)
+
+    def weights(self) -> str | None:
+        """Where the stage's pretrained weights came from (taggers), for --print-config and logs."""
+        source = getattr(getattr(self, "stage", None), "weights", None)
+        return None if source is None else str(source)
 
     async def submit(self, payload: Any, part: str | None = None) -> Any:
         """Run one request: ``payload`` itself, or its attribute ``part`` (e.g. a chunk's ``video``)."""

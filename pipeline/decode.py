@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
+from pipeline.audio_patches import SAMPLE_RATE_HZ as PATCH_RATE_HZ, PatchCutter
 from pipeline.audio_rows import AudioRowCutter
 from pipeline.config import Config
 from pipeline.errors import StreamOpenError
@@ -71,6 +72,8 @@ class _ModalityProgress:
 class _PendingChunk:
     frames: list[np.ndarray] = field(default_factory=list)
     frame_pts_s: list[float] = field(default_factory=list)
+    tag_frames: list[np.ndarray] = field(default_factory=list)
+    tag_pts_s: list[float] = field(default_factory=list)
     frames_decoded: int = 0
     errors: list[str] = field(default_factory=list)
     received_wall_s: float = 0.0
@@ -168,7 +171,10 @@ class MediaDecoder:
         video = _ModalityProgress("video", done=self.video_stream is None)
         audio = _ModalityProgress("audio", done=self.audio_stream is None)
         cutter = AudioRowCutter(cfg.audio.sample_rate_hz, cfg.audio.token_s) if self.audio_stream else None
-        last_kept_slot = -1
+        patcher = PatchCutter() if cutter is not None and sound_patches_wanted(cfg) else None
+        tag_size = cfg.visual_tags.image_size
+        tag_fps = cfg.visual_tags.fps if cfg.visual_tags.enabled else None
+        last_kept_slot = last_tag_slot = -1
         seq = 0
         next_boundary_s = cfg.decode.chunk_s
         pending = _PendingChunk(received_wall_s=time.time())
@@ -184,9 +190,15 @@ class MediaDecoder:
             rows = cutter.take_rows(self.stream_id, final) if cutter is not None else None
             if cutter is not None:
                 audio.watermark_s = max(audio.watermark_s, cutter.watermark_s)
-            frames = None
-            if pending.frames:
-                frames = VideoFrames(np.stack(pending.frames), np.asarray(pending.frame_pts_s, np.float64))
+            patches = None
+            if patcher is not None:
+                if rows is not None:
+                    patcher.push(rows)
+                if final:
+                    patcher.flush()
+                patches = patcher.take()
+            frames = _stacked(pending.frames, pending.frame_pts_s)
+            tag_frames = _stacked(pending.tag_frames, pending.tag_pts_s)
             chunk = MediaChunk(
                 stream_id=self.stream_id, seq=seq, video=frames, audio=rows,
                 video_watermark_s=video.watermark_s, audio_watermark_s=audio.watermark_s,
@@ -194,6 +206,7 @@ class MediaDecoder:
                 frames_decoded=pending.frames_decoded,
                 audio_decoded_s=(len(rows) * cfg.audio.token_s) if rows is not None else 0.0,
                 received_wall_s=pending.received_wall_s, errors=pending.errors,
+                tag_frames=tag_frames, audio_patches=patches,
             )
             seq += 1
             pending = _PendingChunk(received_wall_s=time.time())
@@ -233,6 +246,13 @@ class MediaDecoder:
                                                                    interpolation="AREA"))
                             pending.frame_pts_s.append(t_s)
                             self.frames_kept += 1
+                        tag_slot = math.floor(t_s * tag_fps + 1e-6) if tag_fps else -1
+                        if tag_slot > last_tag_slot:
+                            # The tagger's frames are sampled apart: fewer, and at its own size.
+                            last_tag_slot = tag_slot
+                            pending.tag_frames.append(frame.to_ndarray(width=tag_size, height=tag_size,
+                                                                       format="rgb24", interpolation="AREA"))
+                            pending.tag_pts_s.append(t_s)
                     else:
                         cutter.push(frame, t_s)
                 media_s = max(video.watermark_s, cutter.watermark_s if cutter else 0.0)
@@ -247,6 +267,15 @@ class MediaDecoder:
             if progress.consecutive_errors and not progress.done:
                 pending.errors.append(progress.recovered())
         yield emit(final=True)
+
+
+def sound_patches_wanted(cfg: Config) -> bool:
+    """Whether the decoder cuts patches for the sound tagger (it needs 16 kHz rows)."""
+    return cfg.sound_tags.enabled and cfg.audio.sample_rate_hz == PATCH_RATE_HZ
+
+
+def _stacked(frames: list[np.ndarray], pts_s: list[float]) -> VideoFrames | None:
+    return VideoFrames(np.stack(frames), np.asarray(pts_s, np.float64)) if frames else None
 
 
 def _sleep_until(wall_start: float, media_s: float) -> None:

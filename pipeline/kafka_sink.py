@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any
 
 from pipeline.config import KafkaConfig
-from pipeline.records import SCHEMA_VERSION, Error, Event, Record, Window
+from pipeline.records import Error, Event, Record, Window
 from pipeline.sinks import PublishMeter
 
 log = logging.getLogger("avfuse.kafka")
@@ -65,7 +65,7 @@ def topic_for(record: Record, cfg: KafkaConfig) -> str:
 
 
 def headers_for(record: Record) -> list[tuple[str, bytes]]:
-    return [("schema", f"avfuse.{record.record_type}".encode()), ("schema_version", str(SCHEMA_VERSION).encode()),
+    return [("schema", f"avfuse.{record.record_type}".encode()), ("schema_version", str(record.version).encode()),
             ("content-type", CONTENT_TYPE)]
 
 

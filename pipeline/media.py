@@ -60,6 +60,24 @@ class AudioRows:
 
 
 @dataclass
+class AudioPatches:
+    """Audio of one chunk cut into the sound tagger's patches (pipeline.audio_patches).
+
+    samples_f32:    [P, S] float32 mono in [-1, 1]; S = 15 600 samples at 16 kHz (0.975 s).
+    start_s:        [P] float64, time of each patch's first sample; patches of a run start
+                    0.48 s apart (they overlap by half).
+    sample_rate_hz: 16000.
+    """
+
+    samples_f32: np.ndarray
+    start_s: np.ndarray
+    sample_rate_hz: int
+
+    def __len__(self) -> int:
+        return int(self.start_s.shape[0])
+
+
+@dataclass
 class SpeechProbs:
     """Speech activity of one chunk's audio rows (operators.speech.SpeechActivity).
 
@@ -98,6 +116,8 @@ class MediaChunk:
     audio_decoded_s: float = 0.0
     received_wall_s: float = 0.0  # time.time() when the chunk's first packet was read
     errors: list[str] = field(default_factory=list)  # one-line reasons of recoverable decode errors
+    tag_frames: VideoFrames | None = None  # frames for the image tagger (visual_tags.fps and size)
+    audio_patches: AudioPatches | None = None  # patches for the sound tagger
 
     @property
     def finished(self) -> bool:
@@ -146,6 +166,25 @@ class EncodedAudio:
     band_log_energy: np.ndarray
     subframe_s: float
     speech: SpeechProbs | None = None  # None: speech activity off or unavailable
+
+
+@dataclass
+class ClassScores:
+    """A tagger's best classes for each of its inputs (a frame, an audio patch), best first.
+
+    t_s:         [N] float64, the time each row stands for (frame PTS; patch centre).
+    class_index: [N, k] int16, indices into the tagger's class list.
+    score:       [N, k] float32, their probabilities (softmax for images, sigmoid for sounds).
+    Only the top k travel: the full score vectors would be most of the bytes, and nothing
+    downstream reads a class that is not near the top.
+    """
+
+    t_s: np.ndarray
+    class_index: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.t_s.shape[0])
 
 
 @dataclass

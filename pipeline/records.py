@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # of every record type whose meaning has not changed since the first
 _EVENT_NAMESPACE = uuid.UUID("5b0f3c1e-6a1d-4f5e-9a59-6176667573e1")  # fixed forever: ids depend on it
 
 
@@ -28,10 +28,11 @@ def event_id(stream_id: str, label: str, start_s: float) -> str:
 @dataclass
 class Record:
     record_type: ClassVar[str] = "record"
+    version: ClassVar[int] = SCHEMA_VERSION  # bumped per type when its fields or their meaning change
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
-        return {"schema": f"avfuse.{self.record_type}/{SCHEMA_VERSION}", "type": self.record_type, **body}
+        return {"schema": f"avfuse.{self.record_type}/{self.version}", "type": self.record_type, **body}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
@@ -69,6 +70,8 @@ class Event(Record):
 @dataclass
 class Summary(Record):
     record_type: ClassVar[str] = "summary"
+    # 2: audio_tags and visual_tags; av_offset_s is null ("unknown") below av_sync.report_confidence.
+    version: ClassVar[int] = 2
     stream_id: str
     final: bool
     processed_s: float  # stream seconds covered so far
@@ -87,6 +90,10 @@ class Summary(Record):
     # of windows, or the whole stream in the final summary. None without windows of both.
     av_offset_s: float | None = None
     av_sync_confidence: float | None = None
+    # What was heard (AudioSet classes) and seen (ImageNet tags), most seconds first:
+    # [{label, seconds, events, max_confidence}], from the sound and visual tag events so far.
+    audio_tags: list[dict[str, Any]] = field(default_factory=list)
+    visual_tags: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

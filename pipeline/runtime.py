@@ -25,6 +25,7 @@ import torch
 from pipeline import metrics
 from pipeline.actors import DecodeActor, StageActor
 from pipeline.config import Config
+from pipeline.decode import sound_patches_wanted
 from pipeline.errors import ClusterLost, StreamOpenError
 from pipeline.records import Error, StreamEnd
 from pipeline.session import StreamSession
@@ -69,15 +70,20 @@ class Pipeline:
         torch.set_num_threads(cfg.runtime.torch_threads)
         placement = {"num_cpus": cfg.runtime.encoder_cpus, "num_gpus": cfg.runtime.encoder_gpus}
         threads = cfg.runtime.torch_threads
-        self.vision = StageActor.options(**placement).remote("vision", cfg, threads)
-        self.audio = StageActor.options(**placement).remote("audio", cfg, threads)
-        self.fusion = StageActor.options(**placement).remote("fusion", cfg, threads)
+        kinds = ["vision", "audio", "fusion"]
+        kinds += ["image_tags"] if cfg.visual_tags.enabled else []
+        kinds += ["sound_tags"] if sound_patches_wanted(cfg) else []
+        # In pipeline order: warm-up reports the first that failed, an encoder before the heads behind it.
+        self.operators = {kind: StageActor.options(**placement).remote(kind, cfg, threads) for kind in kinds}
+        self.vision, self.audio, self.fusion = (self.operators[k] for k in ("vision", "audio", "fusion"))
+        self.image_tags = self.operators.get("image_tags")
+        self.sound_tags = self.operators.get("sound_tags")
         self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     async def warm_up(self) -> list[str]:
         """Wait until every operator is loaded; returns their devices, or raises OperatorLoadError."""
-        outcomes = await asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(),
-                                        self.fusion.ready.remote(), return_exceptions=True)
+        outcomes = await asyncio.gather(*(actor.ready.remote() for actor in self.operators.values()),
+                                        return_exceptions=True)
         # Report in pipeline order, not in the order they failed: an encoder's own weights are the
         # cause when a head trained behind it refuses it too.
         for outcome in outcomes:
@@ -87,6 +93,11 @@ class Pipeline:
                 raise outcome
         return list(outcomes)
 
+    async def weights(self) -> dict[str, str]:
+        """Where each pretrained operator's weights came from: operator -> description."""
+        sources = await asyncio.gather(*(actor.weights.remote() for actor in self.operators.values()))
+        return {kind: source for kind, source in zip(self.operators, sources) if source}
+
     async def cluster_lost(self, timeout_s: float = CLUSTER_CHECK_TIMEOUT_S) -> str | None:
         """None while the shared operator actors answer; else why they do not.
 
@@ -95,8 +106,8 @@ class Pipeline:
         stream's input was bad. This process cannot make them again (see ClusterLost).
         """
         try:
-            await asyncio.wait_for(asyncio.gather(self.vision.ready.remote(), self.audio.ready.remote(),
-                                                  self.fusion.ready.remote()), timeout_s)
+            await asyncio.wait_for(asyncio.gather(*(actor.ready.remote() for actor in self.operators.values())),
+                                   timeout_s)
         except asyncio.TimeoutError:
             return f"the operator actors did not answer within {timeout_s:.0f} s"
         except Exception as exc:  # whatever Ray raises for a cluster that is gone
@@ -111,7 +122,7 @@ class Pipeline:
                 raise ClusterLost(stream_id, f"lost the Ray cluster or its operator actors ({lost})") from None
 
     def shutdown(self) -> None:
-        actors = (self.vision, self.audio, self.fusion)
+        actors = tuple(self.operators.values())
         try:  # their live gauges (GPU memory) must not outlive them
             pids = ray.get([actor.pid.remote() for actor in actors], timeout=5)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
@@ -228,8 +239,12 @@ class Pipeline:
                     inflight_gauge["decode"].inc()
                 # The chunk travels by reference: each encoder reads it from the object store.
                 with _inflight(inflight_gauge["vision"]), _inflight(inflight_gauge["audio"]):
-                    video, audio = await asyncio.gather(self.vision.submit.remote(chunk_ref, "video"),
-                                                        self.audio.submit.remote(chunk_ref, "audio"))
+                    video, audio, sights, sounds = await asyncio.gather(
+                        self.vision.submit.remote(chunk_ref, "video"),
+                        self.audio.submit.remote(chunk_ref, "audio"),
+                        _submit_if(self.image_tags, chunk_ref, "tag_frames"),
+                        _submit_if(self.sound_tags, chunk_ref, "audio_patches"))
+                session.on_tags(chunk, sights, sounds)
                 windows = session.on_chunk(chunk, video, audio)
                 if windows:
                     started = time.perf_counter()
@@ -248,6 +263,11 @@ class Pipeline:
         finally:
             inflight_gauge["decode"].dec(len(inflight))
         return False
+
+
+async def _submit_if(actor, chunk_ref, part: str):
+    """The tagger's answer for one part of the chunk; None when that tagger does not run."""
+    return None if actor is None else await actor.submit.remote(chunk_ref, part)
 
 
 @contextmanager

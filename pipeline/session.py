@@ -15,11 +15,12 @@ import torch
 from operators import WindowInput, frame_difference, histogram_distance, spectral_flux
 from pipeline import metrics
 from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
+from pipeline.understanding import Understanding
 from pipeline.config import Config
 from pipeline.decode import StreamInfo
 from pipeline.detectors import AudioSeries, DetectorBank, VideoSeries
 from pipeline.learned_events import LearnedEvents
-from pipeline.media import EncodedAudio, EncodedVideo, FusedWindows, MediaChunk
+from pipeline.media import ClassScores, EncodedAudio, EncodedVideo, FusedWindows, MediaChunk
 from pipeline.records import Error, Event, StreamEnd, StreamStart, Window
 from pipeline.sinks import Sink
 from pipeline.summary import SummaryTracker
@@ -49,9 +50,11 @@ class StreamSession:
                 self.aligner.finish(modality)  # absent: windows never wait for it
         self.detectors = DetectorBank(stream_id, cfg.detectors, cfg.speech)
         self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
-                                      has_video=info.video is not None)
+                                      has_video=info.video is not None,
+                                      report_confidence=cfg.av_sync.report_confidence)
         self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
         self.learned: LearnedEvents | None = None
+        self.understanding = Understanding(stream_id, cfg, info)
         self.started_wall_s = time.monotonic()
         self._last_hist = self._last_thumb = self._last_bands = None
         self._last_subframe_t_s: float | None = None
@@ -89,6 +92,10 @@ class StreamSession:
         if periodic is not None:
             self.sink.write(periodic, self.media_arrived_wall_s)
         return self._pop_windows()
+
+    def on_tags(self, chunk: MediaChunk, sights: ClassScores | None, sounds: ClassScores | None) -> None:
+        """The taggers' classes for one chunk (before ``on_chunk`` of the same chunk)."""
+        self._emit(self.understanding.on_chunk(chunk, sights, sounds))
 
     def _on_video(self, video: EncodedVideo) -> None:
         self.frames_kept += len(video.t_s)
@@ -175,6 +182,7 @@ class StreamSession:
             raise RuntimeError(f"stream {self.stream_id} closed twice")
         self.closed = True
         self._emit(self.detectors.finish(self.video_end_s, self.audio_end_s))
+        self._emit(self.understanding.finish(self.video_end_s, self.audio_end_s))
         for heads in (self.sync, self.learned):
             if heads is not None:
                 self._emit(heads.finish())

@@ -72,6 +72,20 @@ class JsonlSink:
             self._file.close()
 
 
+def _av_offset(summary: Summary) -> str:
+    if summary.av_sync_confidence is None:
+        return ""
+    if summary.av_offset_s is None:
+        return f"; A/V offset unknown (confidence {summary.av_sync_confidence:.2f})"
+    return f"; A/V offset {summary.av_offset_s:+.2f}s (confidence {summary.av_sync_confidence:.2f})"
+
+
+def _tags(verb: str, tags: list[dict], shown: int = 5) -> str:
+    if not tags:
+        return ""
+    return f"; {verb}: " + ", ".join(f"{t['label']} {t['seconds']:.0f}s" for t in tags[:shown])
+
+
 def describe(record: Record) -> str | None:
     """One human-readable line for a record, or None for records not worth a line."""
     if isinstance(record, Event):
@@ -83,8 +97,7 @@ def describe(record: Record) -> str | None:
         return (f"[{record.stream_id}] {kind}: {record.processed_s:.1f}s at {record.speed_x_realtime:.1f}x realtime; "
                 f"{counts}; silence {record.silence_s:.1f}s, black {record.black_s:.1f}s, "
                 f"frozen {record.frozen_s:.1f}s, speech {record.speech_s:.1f}s, scenes {record.scenes}"
-                + (f"; A/V offset {record.av_offset_s:+.2f}s (confidence {record.av_sync_confidence:.2f})"
-                   if record.av_offset_s is not None else ""))
+                + _av_offset(record) + _tags("heard", record.audio_tags) + _tags("seen", record.visual_tags))
     if isinstance(record, StreamStart):
         return f"[{record.stream_id}] start    {record.uri}"
     if isinstance(record, StreamEnd):

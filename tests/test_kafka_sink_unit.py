@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import ConfigError, KafkaConfig, config_to_yaml, load_config
 from pipeline.kafka_sink import client_security, headers_for, topic_for
-from pipeline.records import SCHEMA_VERSION, Error, Event, StreamEnd, StreamStart, Summary, Window
+from pipeline.records import RECORD_TYPES, Error, Event, StreamEnd, StreamStart, Summary, Window
 
 TOPICS = {"jobs": "t.jobs", "media": "t.media", "events": "t.events", "summaries": "t.summaries",
           "errors": "t.errors", "windows": "t.windows", "progress": "t.progress"}
@@ -58,7 +58,7 @@ def test_headers_name_the_schema_its_version_and_json_content(record_type):
     headers = headers_for(_records()[record_type])
 
     assert dict(headers) == {"schema": f"avfuse.{record_type}".encode(),
-                             "schema_version": str(SCHEMA_VERSION).encode(),
+                             "schema_version": str(RECORD_TYPES[record_type].version).encode(),
                              "content-type": b"application/json"}
     assert all(isinstance(key, str) and isinstance(value, bytes) for key, value in headers)
 

@@ -126,8 +126,9 @@ def test_schema_is_valid_draft_2020_12(record_type):
     schema = schema_for(record_type)
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["$id"] == f"https://avfuse.dev/schemas/{record_type}-1.json"
-    assert schema["properties"]["schema"]["const"] == f"avfuse.{record_type}/1"
+    version = RECORD_TYPES[record_type].version
+    assert schema["$id"] == f"https://avfuse.dev/schemas/{record_type}-{version}.json"
+    assert schema["properties"]["schema"]["const"] == f"avfuse.{record_type}/{version}"
     assert schema["properties"]["type"]["const"] == record_type
     assert schema["additionalProperties"] is False
     assert schema["title"] and schema["description"]
@@ -138,7 +139,7 @@ def test_sample_record_validates(record_type):
     record = _samples()[record_type]
     assert record.record_type == record_type
     data = _roundtrip(record)
-    assert data["schema"] == f"avfuse.{record_type}/1"
+    assert data["schema"] == f"avfuse.{record_type}/{RECORD_TYPES[record_type].version}"
     assert data["type"] == record_type
     assert _errors(record_type, data) == []
 
