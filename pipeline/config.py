@@ -125,6 +125,8 @@ class SoundTagsConfig(Section):
     keep_ancestors: bool = Field(False, description="also emit a parent class (Vehicle) while its child (Car) "
                                                     "is open; false: only the most specific")
     top_k: int = Field(10, ge=1, le=521, description="classes kept per patch, best first")
+    tag_min: float = Field(0.2, ge=0, le=1, description="the summary's audio_tags count a class's seconds "
+                                                        "from this score on (events need enter)")
 
     @model_validator(mode="after")
     def _exit_below_enter(self) -> "SoundTagsConfig":
@@ -145,6 +147,8 @@ class VisualTagsConfig(Section):
     fps: float = Field(1.0, gt=0, description="frames tagged per media second (by PTS)")
     image_size: int = Field(160, ge=96, description="square size they are converted to (trained at 224)")
     top_k: int = Field(5, ge=1, le=1000, description="classes kept per frame, best first")
+    tag_min: float = Field(0.15, ge=0, le=1, description="the summary's visual_tags count a class's seconds "
+                                                         "from this probability on (events need enter)")
     enter: float = Field(0.3, gt=0, le=1, description="a tag's event opens at a frame this probable")
     exit: float = Field(0.15, ge=0, lt=1, description="and closes at the first frame below this")
     min_duration_s: float = Field(2.0, ge=0, description="shorter sightings are no event")

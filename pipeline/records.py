@@ -91,7 +91,7 @@ class Summary(Record):
     av_offset_s: float | None = None
     av_sync_confidence: float | None = None
     # What was heard (AudioSet classes) and seen (ImageNet tags), most seconds first:
-    # [{label, seconds, events, max_confidence}], from the sound and visual tag events so far.
+    # [{label, seconds, max_confidence}]: seconds of tagger inputs scoring >= tag_min so far.
     audio_tags: list[dict[str, Any]] = field(default_factory=list)
     visual_tags: list[dict[str, Any]] = field(default_factory=list)
 

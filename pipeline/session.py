@@ -55,6 +55,7 @@ class StreamSession:
         self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
         self.learned: LearnedEvents | None = None
         self.understanding = Understanding(stream_id, cfg, info)
+        self.summary.tags = self.understanding.top_tags
         self.started_wall_s = time.monotonic()
         self._last_hist = self._last_thumb = self._last_bands = None
         self._last_subframe_t_s: float | None = None

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Callable
 
 from pipeline.records import Event, Summary
 from pipeline.sync_tracker import SyncTracker
 
-# Detectors whose events are tags, by summary field; the summary lists this many of each.
-_TAG_FIELDS = {"sound_tags": "audio_tags", "visual_tags": "visual_tags"}
-MAX_TAGS = 10
+MAX_TAGS = 10  # classes listed in audio_tags and in visual_tags
 
 # Labels whose total duration the summary reports, by summary field.
 _DURATION_FIELDS = {"silence": "silence_s", "black_video": "black_s", "frozen_video": "frozen_s",
@@ -34,19 +33,13 @@ class SummaryTracker:
         self.processed_s = 0.0
         self.sync: SyncTracker | None = None  # set by the session once A/V sync reports
         self.report_confidence = report_confidence
-        # field -> label -> [seconds, events, max confidence]: constant size per class heard
-        self.tags: dict[str, dict[str, list[float]]] = {name: {} for name in _TAG_FIELDS.values()}
+        self.tags: Callable[[int], dict[str, list[dict]]] | None = None  # Understanding.top_tags
         self._next_due_s = every_s
 
     def add_event(self, event: Event) -> None:
         self.counts[event.label] += 1
         if event.label in _DURATION_FIELDS:
             self.durations_s[_DURATION_FIELDS[event.label]] += max(0.0, event.end_s - event.start_s)
-        if event.detector in _TAG_FIELDS:
-            totals = self.tags[_TAG_FIELDS[event.detector]].setdefault(event.label, [0.0, 0, 0.0])
-            totals[0] += max(0.0, event.end_s - event.start_s)
-            totals[1] += 1
-            totals[2] = max(totals[2], event.confidence)
         self.events.append(event)
 
     def add_windows(self, emitted: int, partial: int) -> None:
@@ -85,10 +78,5 @@ class SummaryTracker:
             # Below the calibrated confidence the number is noise: say "unknown", keep the confidence.
             av_offset_s=sync.offset_s if sync is not None and sync.confidence >= self.report_confidence else None,
             av_sync_confidence=sync.confidence if sync is not None else None,
-            **{name: self._top_tags(name) for name in _TAG_FIELDS.values()},
+            **(self.tags(MAX_TAGS) if self.tags is not None else {}),
         )
-
-    def _top_tags(self, name: str) -> list[dict]:
-        ranked = sorted(self.tags[name].items(), key=lambda kv: (-kv[1][0], kv[0]))[:MAX_TAGS]
-        return [{"label": label, "seconds": round(seconds, 3), "events": int(events), "max_confidence": peak}
-                for label, (seconds, events, peak) in ranked]

@@ -54,6 +54,29 @@ class Vocabulary:
         return indices
 
 
+class TagTotals:
+    """Per class heard or seen: seconds at or above the tag threshold and the highest score.
+
+    The summary's audio_tags / visual_tags. Constant memory: one entry per class ever tagged.
+    """
+
+    def __init__(self, vocabulary: Vocabulary, min_score: float):
+        self.vocabulary, self.min_score = vocabulary, min_score
+        self._totals: dict[int, list[float]] = {}  # class -> [seconds, max score]
+
+    def add(self, step: dict[int, float], step_s: float) -> None:
+        for i, score in step.items():
+            if score >= self.min_score:
+                totals = self._totals.setdefault(i, [0.0, 0.0])
+                totals[0] += step_s
+                totals[1] = max(totals[1], score)
+
+    def top(self, n: int) -> list[dict]:
+        ranked = sorted(self._totals.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:n]
+        return [{"label": self.vocabulary.names[i], "seconds": round(seconds, 3), "max_confidence": round(peak, 3)}
+                for i, (seconds, peak) in ranked]
+
+
 @dataclass(frozen=True)
 class TagEventRules:
     detector: str  # "sound_tags" or "visual_tags", also the events' detector name
@@ -65,6 +88,7 @@ class TagEventRules:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     keep_ancestors: bool = False
+    tag_min: float = 0.2  # a class counts in the summary's tags from this score on
     version: str = "1"
 
 
@@ -82,12 +106,14 @@ class TagEventDetector:
                                    for i in range(n)], dtype=bool)
         self._spans = HysteresisSpans(rules.enter, rules.exit, rules.min_duration_s, max_gap_s=rules.step_s)
         self.last_end_s: float | None = None
+        self.totals = TagTotals(vocabulary, rules.tag_min)
 
     def update(self, scores: ClassScores) -> list[Event]:
         closed: list[tuple[int, Span]] = []
         half_s = self.rules.step_s / 2
         for t_s, indices, values in zip(scores.t_s.tolist(), scores.class_index.tolist(), scores.score.tolist()):
             step = {i: round(v, 3) for i, v in zip(indices, values) if self._eligible[i]}
+            self.totals.add(step, self.rules.step_s)
             if not self.rules.keep_ancestors:
                 step = self._most_specific(step)
             start_s = max(0.0, t_s - half_s)

@@ -15,13 +15,14 @@ from pipeline.tag_events import Vocabulary
 def sound_vocabulary() -> Vocabulary:
     from operators.audioset import AudioSetClasses
 
-    classes = AudioSetClasses.packaged()
+    classes = AudioSetClasses()
     return Vocabulary(tuple(classes.names), tuple(classes.mids),
                       tuple(tuple(classes.ancestors(i)) for i in range(len(classes.names))))
 
 
 @lru_cache(maxsize=1)
 def sight_vocabulary() -> Vocabulary:
-    from operators.efficientnet_lite import IMAGENET_CLASSES
+    # The names EfficientNet-Lite0's 1000 outputs stand for, in output order (ImageTagger.labels).
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-    return Vocabulary(tuple(IMAGENET_CLASSES))
+    return Vocabulary(tuple(_IMAGENET_CATEGORIES))

@@ -25,13 +25,13 @@ _SOUND_WATERMARK_LAG_S = PATCH_SAMPLES / SAMPLE_RATE_HZ / 2 + 1e-3
 def sound_rules(cfg: Config) -> TagEventRules:
     c = cfg.sound_tags
     return TagEventRules("sound_tags", "audio", c.enter, c.exit, c.min_duration_s, SOUND_STEP_S,
-                         tuple(c.allow), tuple(c.deny), c.keep_ancestors)
+                         tuple(c.allow), tuple(c.deny), c.keep_ancestors, c.tag_min)
 
 
 def sight_rules(cfg: Config) -> TagEventRules:
     c = cfg.visual_tags
     return TagEventRules("visual_tags", "video", c.enter, c.exit, c.min_duration_s, 1.0 / c.fps,
-                         tuple(c.allow), tuple(c.deny))
+                         tuple(c.allow), tuple(c.deny), tag_min=c.tag_min)
 
 
 class Understanding:
@@ -45,6 +45,11 @@ class Understanding:
             concepts, version = load_concepts(cfg.av_events.concepts, sound_vocabulary(), sight_vocabulary())
             self.av = AVEventDetector(stream_id, cfg.av_events, cfg.align, concepts, version,
                                       sound_vocabulary(), sight_vocabulary())
+
+    def top_tags(self, n: int) -> dict[str, list[dict]]:
+        """The summary's audio_tags and visual_tags: the n classes with the most seconds."""
+        return {"audio_tags": self.sounds.totals.top(n) if self.sounds is not None else [],
+                "visual_tags": self.sights.totals.top(n) if self.sights is not None else []}
 
     def on_chunk(self, chunk: MediaChunk, sights: ClassScores | None, sounds: ClassScores | None) -> list[Event]:
         events = []

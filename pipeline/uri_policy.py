@@ -1,14 +1,16 @@
-"""Which job URIs avfuse may open: a pure check, run before a URI reaches PyAV.
+"""Which job URIs and which addresses avfuse may open: pure checks, no I/O but name lookups.
 
 A job's ``uri`` comes from whoever can write to the jobs topic, and FFmpeg will
 open almost anything (local files, ``concat:``, ``pipe:``, any host). The policy
-keeps files inside configured roots and keeps network URIs away from the cloud
-metadata service and, optionally, from private networks.
+keeps files inside configured roots and keeps network connections away from
+denied networks (by default link-local, where cloud metadata lives, and the
+cloud metadata addresses in their IPv6, IPv4-mapped and NAT64 spellings) and,
+optionally, from private networks.
 
-Limits, by design of a check done before opening: FFmpeg resolves the host
-again when it connects (DNS rebinding), follows HTTP redirects, and opens the
-URLs inside playlists. Callers should also restrict FFmpeg itself (e.g. the
-``protocol_whitelist`` open option) for defence in depth.
+``check`` judges a job's URI before it reaches PyAV. It cannot see what FFmpeg
+does next (resolve the host again, follow redirects, open the URLs inside
+playlists): ``pipeline.egress`` applies ``check_host`` to every connection
+FFmpeg makes, at the moment it makes it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # FFmpeg picks a protocol from any "name:" prefix, so anything shaped like a
 # scheme is one; a relative file named "a:b.mp4" must be written "./a:b.mp4".
@@ -28,9 +31,25 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 # Hosts that inet_aton may read as IPv4 in decimal, hex or octal (2852039166,
 # 0xA9FEA9FE, 0251.0376.0251.0376, 169.254.43518).
 _LEGACY_IPV4 = re.compile(r"^[0-9a-fx.]+$", re.IGNORECASE)
-_AWS_METADATA_V6 = ipaddress.IPv6Address("fd00:ec2::254")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _ECHO_CHARS = 80
+
+# The default ``deny_networks``, each with the words a refusal uses for it.
+# Link-local is where cloud metadata lives (169.254.169.254 on AWS, GCP, Azure,
+# OpenStack); fd00:ec2::254 is AWS's IPv6 metadata address. IPv4-mapped and
+# NAT64 (64:ff9b::/96) spellings are unwrapped before the check; they are listed
+# too, with the local-use NAT64 prefix (RFC 8215) and 6to4, so that the data
+# says what is refused.
+DEFAULT_DENY_NETWORKS: dict[str, str] = {
+    "169.254.0.0/16": "a link-local address (where cloud metadata lives)",
+    "fe80::/10": "a link-local address (where cloud metadata lives)",
+    "fd00:ec2::254/128": "the cloud metadata address",
+    "::ffff:169.254.0.0/112": "a link-local address (where cloud metadata lives), IPv4-mapped",
+    "64:ff9b::a9fe:0/112": "a link-local address (where cloud metadata lives), through NAT64",
+    "64:ff9b:1::a9fe:0/112": "a link-local address (where cloud metadata lives), through NAT64",
+    "2002:a9fe::/32": "a link-local address (where cloud metadata lives), through 6to4",
+}
+_DENY_WORDS = {ipaddress.ip_network(cidr): words for cidr, words in DEFAULT_DENY_NETWORKS.items()}
 
 
 class UriRefused(ValueError):
@@ -43,18 +62,42 @@ class UriRefused(ValueError):
 
 @dataclass(frozen=True)
 class UriPolicy:
-    """Every allowed scheme other than ``file`` is treated as a network scheme and needs a host."""
+    """Every allowed scheme other than ``file`` is treated as a network scheme and needs a host.
+
+    An address is judged by the longest of ``deny_networks`` and ``allow_networks``
+    that holds it (a tie goes to deny); an address in neither is allowed unless
+    ``allow_private_networks`` is false and it is not a global address. So
+    ``allow_networks: [10.1.2.0/24]`` admits cameras in a private network that is
+    otherwise refused, and ``deny_networks: [0.0.0.0/0, ::/0]`` with a few allowed
+    networks makes an allow-list.
+    """
 
     allowed_schemes: tuple[str, ...] = ("file", "http", "https", "rtsp", "rtmp", "srt")
     file_roots: tuple[str, ...] = ()  # folders files must resolve into; none: no files at all
     allow_private_networks: bool = True  # private, loopback and other non-global addresses
     deny_hosts: tuple[str, ...] = ("metadata.google.internal", "metadata", "instance-data")
+    deny_networks: tuple[str | IPNetwork, ...] = tuple(DEFAULT_DENY_NETWORKS)
+    allow_networks: tuple[str | IPNetwork, ...] = ()
 
     def __post_init__(self) -> None:
         # Config may hand over lists and mixed case; compare in one canonical form.
         object.__setattr__(self, "allowed_schemes", tuple(s.lower() for s in self.allowed_schemes))
         object.__setattr__(self, "file_roots", tuple(self.file_roots))
         object.__setattr__(self, "deny_hosts", tuple(_canonical_host(h) for h in self.deny_hosts))
+        object.__setattr__(self, "deny_networks", tuple(parse_network(n) for n in self.deny_networks))
+        object.__setattr__(self, "allow_networks", tuple(parse_network(n) for n in self.allow_networks))
+
+    @classmethod
+    def from_config(cls, cfg) -> "UriPolicy":
+        """The policy of a ``UriPolicyConfig`` (``kafka.uri_policy``)."""
+        return cls(allowed_schemes=tuple(cfg.allowed_schemes), file_roots=tuple(cfg.file_roots),
+                   allow_private_networks=cfg.allow_private_networks,
+                   deny_networks=tuple(cfg.deny_networks), allow_networks=tuple(cfg.allow_networks))
+
+    def scheme(self, uri: str) -> str:
+        """The scheme FFmpeg will pick for ``uri`` ("file" for a plain path), lower case."""
+        match = _SCHEME.match(uri)
+        return match.group(1).lower() if match else "file"
 
     def check(self, uri: str) -> str:
         """Return what to open (an absolute path for files, the URI unchanged otherwise)
@@ -64,14 +107,68 @@ class UriPolicy:
         if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
             raise UriRefused("uri contains control characters")
         match = _SCHEME.match(uri)
-        scheme = match.group(1).lower() if match else "file"
+        scheme = self.scheme(uri)
         if scheme not in self.allowed_schemes:
             allowed = ", ".join(self.allowed_schemes) or "none"
             raise UriRefused(f"scheme {_echo(scheme)} is not allowed (allowed: {allowed})")
         if scheme == "file":
             return self._check_file(_file_path(uri) if match else uri)
-        self._check_network(uri)
+        self.check_host(network_host(uri), resolve_failure_ok=True)
         return uri
+
+    def check_host(self, host: str, resolve_failure_ok: bool = False) -> list[IPAddress]:
+        """The addresses ``host`` may be connected to, every one of them checked, in the
+        resolver's order; raises ``UriRefused`` if the host is denied or any address is.
+
+        Connect only to what this returns (not to the name): a name resolved again may
+        answer differently (DNS rebinding). A name that does not resolve gives ``[]``
+        with ``resolve_failure_ok`` (PyAV then reports it in its own words), else a refusal.
+        """
+        host = _canonical_host(host)
+        if not host:
+            raise UriRefused("uri has no host")
+        for denied in self.deny_hosts:
+            if host == denied or host.endswith("." + denied):
+                raise UriRefused(f"host {_echo(host)} is denied")
+        literal = _literal_address(host)
+        if literal is not None:
+            problem = self.address_problem(literal)
+            shown = _embedded_ipv4(literal) or literal
+            if problem and str(literal) == host:
+                raise UriRefused(f"address {shown} is {problem}")
+            if problem:
+                raise UriRefused(f"host {_echo(host)} is {shown}, {problem}")
+            return [literal]
+        addresses = _resolve(host)
+        if not addresses and not resolve_failure_ok:
+            raise UriRefused(f"host {_echo(host)} does not resolve")
+        for address in addresses:
+            problem = self.address_problem(address)
+            if problem:
+                shown = _embedded_ipv4(address) or address
+                raise UriRefused(f"host {_echo(host)} resolves to {shown}, {problem}")
+        return addresses
+
+    def address_problem(self, address: IPAddress) -> str | None:
+        """Why a connection to ``address`` is refused, or None. An IPv4-mapped or NAT64
+        address is refused if either spelling is."""
+        embedded = _embedded_ipv4(address)
+        for candidate in (address, embedded) if embedded is not None else (address,):
+            problem = self._problem(candidate)
+            if problem:
+                return problem
+        return None
+
+    def _problem(self, address: IPAddress) -> str | None:
+        best_deny = _longest_match(address, self.deny_networks)
+        best_allow = _longest_match(address, self.allow_networks)
+        if best_deny is not None and (best_allow is None or best_deny.prefixlen >= best_allow.prefixlen):
+            return _DENY_WORDS.get(best_deny, f"in denied network {best_deny}")
+        if best_allow is not None:
+            return None
+        if not self.allow_private_networks and not address.is_global:
+            return "a private or loopback address (private networks are not allowed)"
+        return None
 
     def _check_file(self, path: str) -> str:
         if not self.file_roots:
@@ -85,40 +182,26 @@ class UriPolicy:
         roots = ", ".join(self.file_roots)
         raise UriRefused(f"file {_echo(resolved)} is outside the file roots ({_clip(roots)})")
 
-    def _check_network(self, uri: str) -> None:
-        try:
-            host = urlsplit(uri).hostname
-        except ValueError:
-            raise UriRefused("uri is not a valid URL") from None
-        if not host:
-            raise UriRefused("uri has no host")
-        host = _canonical_host(host)
-        for denied in self.deny_hosts:
-            if host == denied or host.endswith("." + denied):
-                raise UriRefused(f"host {_echo(host)} is denied")
-        literal = _literal_address(host)
-        if literal is not None:
-            address = _embedded_ipv4(literal) or literal
-            problem = self._address_problem(address)
-            if problem and str(address) == host:
-                raise UriRefused(f"address {address} is {problem}")
-            if problem:
-                raise UriRefused(f"host {_echo(host)} is {address}, {problem}")
-            return
-        for resolved in _resolve(host):
-            address = _embedded_ipv4(resolved) or resolved
-            problem = self._address_problem(address)
-            if problem:
-                raise UriRefused(f"host {_echo(host)} resolves to {address}, {problem}")
 
-    def _address_problem(self, address: IPAddress) -> str | None:
-        if address == _AWS_METADATA_V6:
-            return "the cloud metadata address"
-        if address.is_link_local:
-            return "a link-local address (where cloud metadata lives)"
-        if not self.allow_private_networks and not address.is_global:
-            return "a private or loopback address (private networks are not allowed)"
-        return None
+def parse_network(text: str | IPNetwork) -> IPNetwork:
+    """A CIDR ("169.254.0.0/16") or a bare address (one host); host bits must be zero."""
+    if isinstance(text, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return text
+    try:
+        return ipaddress.ip_network(str(text).strip())
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a network (CIDR such as 169.254.0.0/16): {exc}") from None
+
+
+def network_host(uri: str) -> str:
+    """The host of a network URI as FFmpeg reads it; raises ``UriRefused`` when there is none."""
+    try:
+        host = urlsplit(uri).hostname
+    except ValueError:
+        raise UriRefused("uri is not a valid URL") from None
+    if not host:
+        raise UriRefused("uri has no host")
+    return host
 
 
 def redact(uri: str) -> str:
@@ -189,13 +272,24 @@ def _resolve(host: str) -> list[IPAddress]:
     except (OSError, UnicodeError):
         # Not a refusal: PyAV reports an unknown host with FFmpeg's own message.
         return []
-    addresses = []
+    addresses: list[IPAddress] = []
     for info in infos:
         try:
-            addresses.append(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         except ValueError:
             continue
+        if address not in addresses:  # one entry per socket type: keep the order, drop repeats
+            addresses.append(address)
     return addresses
+
+
+def _longest_match(address: IPAddress, networks: tuple[IPNetwork, ...]) -> IPNetwork | None:
+    best = None
+    for network in networks:
+        if network.version == address.version and address in network:
+            if best is None or network.prefixlen > best.prefixlen:
+                best = network
+    return best
 
 
 def _clip(text: str) -> str:

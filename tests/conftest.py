@@ -59,16 +59,25 @@ class Replay:
 
 @pytest.fixture(scope="session")
 def pipeline(ray_session):
-    cfg = load_config(None, ["records.windows=true", "records.stdout=false"], environ={})
+    """The signal profile: the light configuration whose detectors the older tests specify."""
+    cfg = load_config(None, ["profile=signal", "records.windows=true", "records.stdout=false"], environ={})
     pipe = Pipeline(cfg)
     asyncio.run(pipe.warm_up())
     yield pipe
     pipe.shutdown()
 
 
-@pytest.fixture
-def replay(pipeline, tmp_path):
-    """Replay paths through the shared pipeline into a real JSONL sink; returns what was written."""
+@pytest.fixture(scope="session")
+def pretrained_pipeline(ray_session):
+    """The default configuration: YAMNet, EfficientNet-Lite0 and av_events on."""
+    cfg = load_config(None, ["records.stdout=false"], environ={})
+    pipe = Pipeline(cfg)
+    asyncio.run(pipe.warm_up())
+    yield pipe
+    pipe.shutdown()
+
+
+def _replayer(pipeline, tmp_path):
     counter = iter(range(1000))
 
     def run(*paths, stream_ids=None) -> Replay:
@@ -82,6 +91,18 @@ def replay(pipeline, tmp_path):
         return Replay(results, records)
 
     return run
+
+
+@pytest.fixture
+def replay(pipeline, tmp_path):
+    """Replay paths through the shared signal-profile pipeline into a real JSONL sink."""
+    return _replayer(pipeline, tmp_path)
+
+
+@pytest.fixture
+def replay_pretrained(pretrained_pipeline, tmp_path):
+    """Replay paths through the shared default (pretrained) pipeline into a real JSONL sink."""
+    return _replayer(pretrained_pipeline, tmp_path)
 
 
 @pytest.fixture(scope="session")
