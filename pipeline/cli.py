@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfuse: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.print_config:
+        from pipeline.weights_report import weight_lines
+
         print(config_to_yaml(cfg), end="")
+        print("\n".join(weight_lines(cfg)))
         return EXIT_OK
     if args.command == "train":
         return _train(cfg, args)

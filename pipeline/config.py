@@ -320,9 +320,32 @@ class KafkaSecurityConfig(Section):
 
 
 class UriPolicyConfig(Section):
+    """What a job may make avfuse open (``pipeline/uri_policy.py``, enforced per connection by
+    ``pipeline/egress.py``). An address is judged by the longest matching network of the two lists."""
+
     allowed_schemes: list[str] = ["file", "http", "https", "rtsp", "rtmp", "srt"]
     file_roots: list[str] = Field(default_factory=list, description="files outside these folders are refused")
     allow_private_networks: bool = True
+    # Link-local (cloud metadata lives at 169.254.169.254), AWS's IPv6 metadata address, and the
+    # IPv4-mapped, NAT64 (well-known and local-use prefixes) and 6to4 spellings of link-local.
+    deny_networks: list[str] = Field(
+        ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "::ffff:169.254.0.0/112",
+         "64:ff9b::a9fe:0/112", "64:ff9b:1::a9fe:0/112", "2002:a9fe::/32"],
+        description="CIDRs no connection may reach (every hop: redirects, playlist entries)")
+    allow_networks: list[str] = Field(default_factory=list, description="CIDRs allowed even inside a denied or "
+                                                                          "private network (longest match wins)")
+
+    @model_validator(mode="after")
+    def _networks_are_cidrs(self) -> "UriPolicyConfig":
+        import ipaddress
+
+        for name in ("deny_networks", "allow_networks"):
+            for text in getattr(self, name):
+                try:
+                    ipaddress.ip_network(text.strip())
+                except ValueError as exc:
+                    raise ValueError(f"uri_policy.{name}: {text!r} is not a CIDR ({exc})") from None
+        return self
 
 
 class KafkaConfig(Section):

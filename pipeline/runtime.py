@@ -26,9 +26,10 @@ from pipeline import metrics
 from pipeline.actors import DecodeActor, StageActor
 from pipeline.config import Config
 from pipeline.decode import sound_patches_wanted
-from pipeline.errors import ClusterLost, StreamOpenError
+from pipeline.errors import ClusterLost, OperatorLoadError, StreamOpenError
 from pipeline.records import Error, StreamEnd
 from pipeline.session import StreamSession
+from pipeline.understanding import check_rules
 from pipeline.sinks import Sink
 
 log = logging.getLogger("avfuse.runtime")
@@ -82,6 +83,10 @@ class Pipeline:
 
     async def warm_up(self) -> list[str]:
         """Wait until every operator is loaded; returns their devices, or raises OperatorLoadError."""
+        try:
+            check_rules(self.cfg)
+        except ValueError as exc:
+            raise OperatorLoadError(None, str(exc)) from None
         outcomes = await asyncio.gather(*(actor.ready.remote() for actor in self.operators.values()),
                                         return_exceptions=True)
         # Report in pipeline order, not in the order they failed: an encoder's own weights are the

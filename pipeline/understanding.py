@@ -34,6 +34,13 @@ def sight_rules(cfg: Config) -> TagEventRules:
                          tuple(c.allow), tuple(c.deny), tag_min=c.tag_min)
 
 
+def check_rules(cfg: Config) -> None:
+    """Build the class filters and the concept table once: ValueError (one line) if any names
+    a class the taggers do not have, so a typo stops the start, not every stream."""
+    audio_and_video = StreamInfo(None, {"codec": "check"}, {"codec": "check"})
+    Understanding("config-check", cfg, audio_and_video)
+
+
 class Understanding:
     def __init__(self, stream_id: str, cfg: Config, info: StreamInfo):
         sounds_on = sound_patches_wanted(cfg) and info.audio is not None

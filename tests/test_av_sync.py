@@ -172,7 +172,35 @@ def test_streams_without_both_modalities_report_no_offset(replay, clips):
     run = replay(clips["video_only.mp4"], clips["audio_only.m4a"], clips["av.mp4"])
     final = {s["stream_id"]: s for s in run.of("summary") if s["final"]}
     assert final["video_only.mp4"]["av_offset_s"] is None and final["audio_only.m4a"]["av_offset_s"] is None
-    assert final["av.mp4"]["av_offset_s"] is not None and final["av.mp4"]["av_sync_confidence"] is not None
+    assert final["video_only.mp4"]["av_sync_confidence"] is None and final["audio_only.m4a"]["av_sync_confidence"] is None
+    both = final["av.mp4"]
+    assert both["av_sync_confidence"] is not None
+    # An estimate is given as a number only when confident enough; otherwise it is "unknown".
+    assert (both["av_offset_s"] is not None) == (both["av_sync_confidence"] >= 0.5), both
+
+
+def test_a_low_confidence_offset_is_unknown_not_a_number():
+    from pipeline.records import Summary
+    from pipeline.sinks import describe
+    from pipeline.summary import SummaryTracker
+    from pipeline.sync_tracker import SyncEstimate
+
+    class Sync:
+        def __init__(self, estimate):
+            self._estimate = estimate
+
+        def estimate(self, whole_stream=False):
+            return self._estimate
+
+    tracker = SummaryTracker("s", 30.0, 5, has_video=True, report_confidence=0.5)
+    tracker.sync = Sync(SyncEstimate(-0.68, 0.27, 12))
+    low = tracker.build(final=True)
+    assert low.av_offset_s is None and low.av_sync_confidence == 0.27
+    assert "A/V offset unknown (confidence 0.27)" in describe(low)
+    tracker.sync = Sync(SyncEstimate(0.31, 0.8, 12))
+    high = tracker.build(final=True)
+    assert high.av_offset_s == 0.31 and "A/V offset +0.31s (confidence 0.80)" in describe(high)
+    assert isinstance(high, Summary)
 
 
 def test_other_encoders_turn_the_shipped_sync_head_off_but_a_named_one_must_fit(tmp_path, caplog):

@@ -160,3 +160,28 @@ def test_run_without_a_reachable_broker_exits_1_with_one_line():
     own_lines = [line for line in result.stderr.splitlines() if line.startswith("avfuse:")]
     assert len(own_lines) == 1 and own_lines[0].startswith("avfuse: Kafka at 127.0.0.1:1 is not usable: "), own_lines
     assert "Traceback" not in result.stderr
+
+
+def test_bad_tagger_weights_or_unknown_classes_exit_2_with_one_line_naming_them(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=3.0))
+    truncated = tmp_path / "yamnet.pt"
+    truncated.write_bytes(b"PK\x03\x04 not a whole file")
+    bad_weights = run_cli("replay", str(clip), "--no-progress", "--set", f"sound_tags.checkpoint={truncated}")
+    assert bad_weights.returncode == 2, bad_weights.stderr
+    assert bad_weights.stderr.strip().count("\n") == 0 and str(truncated) in bad_weights.stderr
+    assert "Traceback" not in bad_weights.stderr
+    unknown = run_cli("replay", str(clip), "--no-progress", "--set", "sound_tags.allow=[Siren, Sirne]")
+    assert unknown.returncode == 2, unknown.stderr
+    assert unknown.stderr.strip().count("\n") == 0 and "'Sirne'" in unknown.stderr
+
+
+def test_print_config_says_where_each_model_is_read_from():
+    out = run_cli("replay", "x.mp4", "--print-config")
+    assert out.returncode == 0, out.stderr
+    assert "profile: pretrained" in out.stdout
+    lines = {line.split(":", 1)[0].strip("# "): line for line in out.stdout.splitlines() if line.startswith("#   ")}
+    assert "YamNet_w8a8.onnx.zip" in lines["sound_tags"] and "sha256" in lines["sound_tags"]
+    assert "efficientnet-lite0-57934424.pth" in lines["visual_tags"]
+    assert lines["av_sync"].endswith("av_sync.pt")
+    signal_only = run_cli("replay", "x.mp4", "--print-config", "--set", "profile=signal")
+    assert "sound_tags:" not in signal_only.stdout.split("# weights")[1]

@@ -197,7 +197,7 @@ def test_unknown_top_level_key_is_rejected(record_type):
 @pytest.mark.parametrize("record_type", sorted(RECORD_TYPES))
 def test_wrong_schema_or_type_const_is_rejected(record_type):
     data = _roundtrip(_samples()[record_type])
-    data["schema"] = f"avfuse.{record_type}/2"
+    data["schema"] = f"avfuse.{record_type}/{RECORD_TYPES[record_type].version + 1}"
     assert _errors(record_type, data)
     data = _roundtrip(_samples()[record_type])
     data["type"] = "other"
