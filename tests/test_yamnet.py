@@ -33,7 +33,8 @@ from operators.checkpoint import CheckpointError, save_checkpoint
 from operators.yamnet import (
     EMBED_DIM, NUM_CLASSES, PATCH_HOP_SAMPLES, PATCH_SAMPLES, SAMPLE_RATE_HZ, Yamnet, frame_patches,
 )  # fmt: skip
-from operators.yamnet_weights import CONVERTER_VERSION, KIND, file_sha256, load_onnx_zip, load_yamnet, packaged_zip
+from operators.weights_cache import file_sha256
+from operators.yamnet_weights import CONVERTER_VERSION, KIND, load_onnx_zip, load_yamnet, packaged_zip
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 NARRATION_S = (0.0, 12.0)  # nasa_13013: a voice over music until ~12 s, then music alone
@@ -260,7 +261,7 @@ def test_user_state_dict_loads_strictly_and_a_wrong_shape_is_refused(yamnet, tmp
     good = tmp_path / "yamnet_own.pt"
     torch.save(yamnet.state_dict(), good)
     model, source = load_yamnet(str(good))
-    assert source.path == str(good) and source.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert source.path == good and source.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
     assert torch.equal(model.classifier.weight, yamnet.classifier.weight)
     bad = tmp_path / "yamnet_520.pt"
     torch.save({**yamnet.state_dict(), "classifier.weight": torch.zeros(520, EMBED_DIM)}, bad)
