@@ -169,7 +169,7 @@ class AVEventsConfig(Section):
     concepts: str | None = Field(None, description="a concept table (JSON, see operators/data/av_concepts.json); "
                                                    "null: the shipped one")
     min_audio: float = Field(0.3, ge=0, le=1, description="a concept's AudioSet classes must reach this score")
-    min_visual: float = Field(0.1, ge=0, le=1, description="and its ImageNet classes this probability, "
+    min_visual: float = Field(0.25, ge=0, le=1, description="and its ImageNet classes this probability, "
                                                            "in the same window")
 
 
