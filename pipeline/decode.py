@@ -110,17 +110,36 @@ class MediaDecoder:
         self.decode_errors = 0
 
     def open(self) -> StreamInfo:
+        import contextlib
+        import weakref
+
+        from pipeline.egress import prepare_open
+        from pipeline.uri_policy import redact
+
+        # A job's open is guarded (pipeline/egress.py): every hop checked, protocols and demuxers
+        # restricted. The guard's loopback helpers live as long as this decoder.
+        self.egress, uri, options = prepare_open(self.stream_id, self.uri, self.open_options,
+                                                 self.cfg.kafka.uri_policy, self.source is not None)
+        if self.egress is not None:
+            weakref.finalize(self, self.egress.close)
         try:
-            self.container = av.open(self.source if self.source is not None else self.uri,
-                                     options=self.open_options, timeout=(10.0, 30.0))
+            with self.egress.watching() if self.egress is not None else contextlib.nullcontext():
+                self.container = av.open(self.source if self.source is not None else uri,
+                                         options=options, timeout=(10.0, 30.0))
         except (OSError, av.error.FFmpegError, ValueError) as exc:
-            raise StreamOpenError(self.stream_id, f"cannot open {self.uri}: {_one_line(exc)}") from exc
+            refused = self.egress.refused(self.stream_id) if self.egress is not None else None
+            reason = f"cannot open {redact(self.uri)}: {_one_line(exc)}"
+            raise refused or StreamOpenError(self.stream_id, reason) from exc
+        refused = self.egress.refused(self.stream_id) if self.egress is not None else None
+        if refused is not None:  # FFmpeg went on without the refused hop (HLS skips a segment): the job fails
+            self.close()
+            raise refused
         c = self.container
         self.video_stream = _pick_stream(c.streams.video, c.streams.best("video"))
         self.audio_stream = _pick_stream(c.streams.audio, c.streams.best("audio"))
         if self.video_stream is None and self.audio_stream is None:
             c.close()
-            raise StreamOpenError(self.stream_id, f"{self.uri} has no video or audio stream")
+            raise StreamOpenError(self.stream_id, f"{redact(self.uri)} has no video or audio stream")
         starts = [
             float(s.start_time * s.time_base)
             for s in (self.video_stream, self.audio_stream)

@@ -7,7 +7,8 @@ A message value is a JSON object::
 
 ``action`` defaults to "start". Parsing is strict: a typo in a key fails with a
 reason instead of starting a stream with a setting silently ignored. Parsing does
-not judge the URI; ``pipeline.uri_policy`` does.
+not judge the URI (``pipeline.uri_policy`` does), but it refuses the FFmpeg open
+options that would let a job reach past the policy (``check_open_option``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ _KEYS_BY_ACTION = {
     "start": ("stream_id", "action", "uri", "options"),
     "stop": ("stream_id", "action"),
 }
+# FFmpeg open options a job may not set: each would let it reach what the URI policy
+# and the egress guard (pipeline/egress.py) refuse, read local files, make avfuse listen
+# on a port, or send requests with side effects. The guard sets the first group itself.
+_REFUSED_OPTIONS = frozenset({
+    "protocol_whitelist", "protocol_blacklist", "format_whitelist", "http_proxy",  # the guard's own
+    "method", "post_data", "chunked_post", "send_expect_100",  # http: POST and the like, not GET
+    "allowed_extensions", "allowed_segment_extensions", "extension_picky", "seg_format_options",  # hls
+    "enable_drefs", "use_absolute_path", "safe",  # mov external references, concat lists
+    "ca_file", "cafile", "cert_file", "key_file", "external_sock",  # tls: local files, foreign sockets
+    "rtmp_swfverify",  # fetches a URL of its own
+    "listen_timeout", "mode",  # listening (http/tls/rtmp listen, srt listener)
+})
+# Options a job may set to these values only (the guard relies on them).
+_OPTION_VALUES = {
+    "rtsp_transport": ("tcp",),  # UDP would let the server name where RTP goes (Transport: source=)
+    "listen": ("0",),
+}
+RESERVED_OPTION_PREFIX = "avfuse."  # avfuse's own settings for the decoder, never FFmpeg's
 # Control and format characters, lone surrogates and line/paragraph separators:
 # a stream id is a Kafka key, a label and a log field, and must stay one clean line.
 _BAD_ID_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
@@ -161,7 +180,22 @@ def _options(body: dict[str, Any], stream_id: str) -> dict[str, str]:
         else:
             raise BadJob(f"options[{_echo(name)}] must be a string, number or bool, "
                          f"got {_json_type(item)}", stream_id)
+        problem = check_open_option(name, as_strings[name])
+        if problem:
+            raise BadJob(problem, stream_id)
     return as_strings
+
+
+def check_open_option(name: str, value: str) -> str | None:
+    """Why a job may not pass FFmpeg open option ``name=value``, or None."""
+    if name in _REFUSED_OPTIONS or name.startswith(RESERVED_OPTION_PREFIX):
+        return f"open option {_echo(name)} is not allowed in a job"
+    if name == "rtsp_flags" and "listen" in value:
+        return "open option 'rtsp_flags' may not contain 'listen' in a job"
+    allowed = _OPTION_VALUES.get(name)
+    if allowed is not None and value not in allowed:
+        return f"open option {_echo(name)} may only be {' or '.join(map(repr, allowed))} in a job"
+    return None
 
 
 def _json_type(item: Any) -> str:

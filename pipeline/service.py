@@ -20,6 +20,7 @@ the start, and deterministic event ids let consumers drop the repeats.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -30,7 +31,7 @@ import ray
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from pipeline import metrics
+from pipeline import egress, metrics
 from pipeline.config import Config
 from pipeline.delivery import Committer
 from pipeline.errors import ClusterLost, ServiceError
@@ -66,9 +67,7 @@ class Service:
         self.cfg = cfg
         k = cfg.kafka
         self.topics = {"jobs": k.topics.jobs, "media": k.topics.media}
-        self.policy = UriPolicy(allowed_schemes=tuple(k.uri_policy.allowed_schemes),
-                                file_roots=tuple(k.uri_policy.file_roots),
-                                allow_private_networks=k.uri_policy.allow_private_networks)
+        self.policy = UriPolicy.from_config(k.uri_policy)
         self.readiness = Readiness("ray", "operators", "kafka")
         self.offsets = OffsetTracker()
         self.streams: dict[str, _Stream] = {}
@@ -248,11 +247,10 @@ class Service:
             return
         if job.stream_id in self.streams:
             raise BadJob(f"stream {job.stream_id!r} is already running")
-        unsafe = sorted(_UNSAFE_OPEN_OPTIONS & job.options.keys())
-        if unsafe:  # they would let a job reach what the URI policy refuses
-            raise BadJob(f"open option {unsafe[0]!r} is not allowed in a job")
+        # Options that widen what a job reaches were refused by parse_job. The URI is checked
+        # here for a quick refusal; the decoder's egress guard checks every hop of the open.
         uri = self.policy.check(job.uri)
-        self._start(job.stream_id, redact(uri), where, open_uri=uri, options=job.options)
+        self._start(job.stream_id, redact(uri), where, open_uri=uri, options=egress.for_job(job.options))
 
     async def _on_segment(self, message, where) -> None:
         if not message.key:
@@ -287,6 +285,8 @@ class Service:
                options: dict[str, str] | None = None, segmented: bool = False) -> _Stream:
         decoder = self.pipeline.segmented_decoder(stream_id, uri) if segmented else None
         sink = self.committer.stream_sink(stream_id, self.sink)
+        if open_uri is not None:
+            sink = _JobSink(sink, where, open_uri, uri)
         stop = asyncio.Event()
         coro = self.pipeline.run_stream(stream_id, open_uri or uri, sink, decoder=decoder, live=segmented,
                                         open_options=options, stop=stop)
@@ -336,8 +336,26 @@ class Service:
             self.offsets.forget(topic, partition)
 
 
-# FFmpeg options that widen what an open may reach beyond the checked URI.
-_UNSAFE_OPEN_OPTIONS = frozenset({"protocol_whitelist", "protocol_blacklist", "http_proxy"})
+class _JobSink:
+    """A job stream's records as the job's writer should see them: an error (a refused hop, say)
+    names the job message (topic, partition, offset), and the URI is shown redacted."""
+
+    def __init__(self, inner: Sink, where: tuple[str, int, int], open_uri: str, shown_uri: str):
+        self._inner, self._open_uri, self._shown_uri = inner, open_uri, shown_uri
+        self._input = {"topic": where[0], "partition": where[1], "offset": where[2]}
+
+    def write(self, record, arrived_wall_s: float | None = None) -> None:
+        if getattr(record, "uri", None) == self._open_uri:
+            record = dataclasses.replace(record, uri=self._shown_uri)
+        if isinstance(record, Error) and record.input is None:
+            record = dataclasses.replace(record, input=self._input)
+        self._inner.write(record, arrived_wall_s)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def close(self) -> None:
+        pass  # the shared sink outlives the stream
 
 
 class _BadSegment(ValueError):

@@ -22,6 +22,8 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from pipeline.config import UriPolicyConfig
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -34,22 +36,22 @@ _LEGACY_IPV4 = re.compile(r"^[0-9a-fx.]+$", re.IGNORECASE)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _ECHO_CHARS = 80
 
-# The default ``deny_networks``, each with the words a refusal uses for it.
-# Link-local is where cloud metadata lives (169.254.169.254 on AWS, GCP, Azure,
-# OpenStack); fd00:ec2::254 is AWS's IPv6 metadata address. IPv4-mapped and
-# NAT64 (64:ff9b::/96) spellings are unwrapped before the check; they are listed
-# too, with the local-use NAT64 prefix (RFC 8215) and 6to4, so that the data
-# says what is refused.
-DEFAULT_DENY_NETWORKS: dict[str, str] = {
-    "169.254.0.0/16": "a link-local address (where cloud metadata lives)",
-    "fe80::/10": "a link-local address (where cloud metadata lives)",
+# The words a refusal uses for the default ``deny_networks`` (pipeline/config.py has
+# the list): link-local is where cloud metadata lives (169.254.169.254 on AWS, GCP,
+# Azure, OpenStack); fd00:ec2::254 is AWS's IPv6 metadata address. IPv4-mapped and
+# NAT64 (64:ff9b::/96) addresses are also unwrapped before the check.
+_LINK_LOCAL = "a link-local address (where cloud metadata lives)"
+DEFAULT_DENY_NETWORKS: tuple[str, ...] = tuple(UriPolicyConfig().deny_networks)
+_WORDS = {
+    "169.254.0.0/16": _LINK_LOCAL,
+    "fe80::/10": _LINK_LOCAL,
     "fd00:ec2::254/128": "the cloud metadata address",
-    "::ffff:169.254.0.0/112": "a link-local address (where cloud metadata lives), IPv4-mapped",
-    "64:ff9b::a9fe:0/112": "a link-local address (where cloud metadata lives), through NAT64",
-    "64:ff9b:1::a9fe:0/112": "a link-local address (where cloud metadata lives), through NAT64",
-    "2002:a9fe::/32": "a link-local address (where cloud metadata lives), through 6to4",
+    "::ffff:169.254.0.0/112": f"{_LINK_LOCAL}, IPv4-mapped",
+    "64:ff9b::a9fe:0/112": f"{_LINK_LOCAL}, through NAT64",
+    "64:ff9b:1::a9fe:0/112": f"{_LINK_LOCAL}, through NAT64",
+    "2002:a9fe::/32": f"{_LINK_LOCAL}, through 6to4",
 }
-_DENY_WORDS = {ipaddress.ip_network(cidr): words for cidr, words in DEFAULT_DENY_NETWORKS.items()}
+_DENY_WORDS = {ipaddress.ip_network(cidr): words for cidr, words in _WORDS.items()}
 
 
 class UriRefused(ValueError):
@@ -58,6 +60,10 @@ class UriRefused(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class HostUnresolved(UriRefused):
+    """A name that does not resolve: not refused by the policy, only unreachable."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class UriPolicy:
     file_roots: tuple[str, ...] = ()  # folders files must resolve into; none: no files at all
     allow_private_networks: bool = True  # private, loopback and other non-global addresses
     deny_hosts: tuple[str, ...] = ("metadata.google.internal", "metadata", "instance-data")
-    deny_networks: tuple[str | IPNetwork, ...] = tuple(DEFAULT_DENY_NETWORKS)
+    deny_networks: tuple[str | IPNetwork, ...] = DEFAULT_DENY_NETWORKS
     allow_networks: tuple[str | IPNetwork, ...] = ()
 
     def __post_init__(self) -> None:
@@ -88,7 +94,7 @@ class UriPolicy:
         object.__setattr__(self, "allow_networks", tuple(parse_network(n) for n in self.allow_networks))
 
     @classmethod
-    def from_config(cls, cfg) -> "UriPolicy":
+    def from_config(cls, cfg: UriPolicyConfig) -> "UriPolicy":
         """The policy of a ``UriPolicyConfig`` (``kafka.uri_policy``)."""
         return cls(allowed_schemes=tuple(cfg.allowed_schemes), file_roots=tuple(cfg.file_roots),
                    allow_private_networks=cfg.allow_private_networks,
@@ -141,7 +147,7 @@ class UriPolicy:
             return [literal]
         addresses = _resolve(host)
         if not addresses and not resolve_failure_ok:
-            raise UriRefused(f"host {_echo(host)} does not resolve")
+            raise HostUnresolved(f"host {_echo(host)} does not resolve")
         for address in addresses:
             problem = self.address_problem(address)
             if problem:

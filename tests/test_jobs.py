@@ -131,3 +131,45 @@ def test_bad_job_survives_pickling_across_processes():
     copy = pickle.loads(pickle.dumps(refused))
     assert (type(copy), copy.reason, copy.stream_id) == (BadJob, refused.reason, "cam-01")
     assert isinstance(copy, ValueError)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("protocol_whitelist", "file,http,tcp"),
+    ("protocol_blacklist", ""),
+    ("format_whitelist", "concat"),
+    ("http_proxy", "http://10.0.0.1:3128"),
+    ("method", "POST"),
+    ("post_data", "x"),
+    ("allowed_extensions", "ALL"),
+    ("allowed_segment_extensions", "ALL"),
+    ("extension_picky", "0"),
+    ("seg_format_options", "enable_drefs=1"),
+    ("enable_drefs", "1"),
+    ("use_absolute_path", "1"),
+    ("safe", "0"),
+    ("ca_file", "/etc/shadow"),
+    ("key_file", "/etc/ssl/private/key.pem"),
+    ("rtmp_swfverify", "http://169.254.169.254/"),
+    ("avfuse.egress_guard", "0"),
+])
+def test_options_that_widen_what_a_job_reaches_are_refused(name, value):
+    refused = _refusal(_job(stream_id="cam-01", uri="http://cdn.example/a.m3u8", options={name: value}))
+    assert refused.reason == f"open option {name!r} is not allowed in a job"
+    assert refused.stream_id == "cam-01"
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("rtsp_transport", "udp", "open option 'rtsp_transport' may only be 'tcp' in a job"),
+    ("listen", True, "open option 'listen' may only be '0' in a job"),
+    ("rtsp_flags", "listen", "open option 'rtsp_flags' may not contain 'listen' in a job"),
+])
+def test_options_the_egress_guard_relies_on_keep_their_safe_values(name, value, reason):
+    assert _refusal(_job(stream_id="cam-01", uri="rtsp://cam/s", options={name: value})).reason == reason
+    safe = {"rtsp_transport": "tcp", "listen": False, "rtsp_flags": "prefer_tcp"}[name]
+    assert parse_job(_job(stream_id="cam-01", uri="rtsp://cam/s", options={name: safe})).options
+
+
+def test_options_that_only_tune_the_open_are_kept():
+    options = {"timeout": "5000000", "user_agent": "avfuse", "headers": "Authorization: Bearer x\r\n",
+               "reconnect": "1", "tls_verify": "1", "analyzeduration": "1000000", "max_redirects": "2"}
+    assert parse_job(_job(stream_id="cam-01", uri="https://cdn.example/a.m3u8", options=options)).options == options

@@ -1,16 +1,19 @@
 """The URI policy: files stay inside their roots, network URIs stay away from cloud
-metadata (and, when asked, from private networks), and no reason leaks a password.
+metadata and other denied networks (and, when asked, from private networks), and no
+reason leaks a password.
 No test needs the network: names resolve to loopback ("localhost") or through a
 stubbed resolver."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
 import pytest
 
-from pipeline.uri_policy import UriPolicy, UriRefused, redact
+from pipeline.config import ConfigError, UriPolicyConfig, load_config
+from pipeline.uri_policy import DEFAULT_DENY_NETWORKS, HostUnresolved, UriPolicy, UriRefused, redact
 
 
 def _refusal(policy: UriPolicy, uri: str) -> str:
@@ -288,3 +291,71 @@ def test_password_never_appears_in_a_reason(monkeypatch):
 ])
 def test_redact_hides_passwords_and_nothing_else(uri, shown):
     assert redact(uri) == shown
+
+
+# --- networks as data --------------------------------------------------------
+
+
+def test_denied_networks_are_refused_and_the_longest_match_decides():
+    policy = UriPolicy(deny_networks=("127.0.0.0/8", "10.0.0.5/32"), allow_networks=("127.0.0.1/32", "10.0.0.0/8"))
+    assert policy.check("http://127.0.0.1:8080/a.mp4") == "http://127.0.0.1:8080/a.mp4"  # allow /32 beats deny /8
+    assert _refusal(policy, "http://127.0.0.2/a.mp4") == "address 127.0.0.2 is in denied network 127.0.0.0/8"
+    assert _refusal(policy, "rtsp://10.0.0.5/s") == "address 10.0.0.5 is in denied network 10.0.0.5/32"
+    assert policy.check("rtsp://10.0.0.6/s") == "rtsp://10.0.0.6/s"
+    tie = UriPolicy(deny_networks=("127.0.0.2/32",), allow_networks=("127.0.0.2/32",))
+    assert "denied network" in _refusal(tie, "http://127.0.0.2/")
+
+
+def test_allow_networks_admit_cameras_when_private_networks_are_disallowed():
+    policy = UriPolicy(allow_private_networks=False, allow_networks=("10.1.2.0/24",))
+    assert policy.check("rtsp://10.1.2.7/stream1") == "rtsp://10.1.2.7/stream1"
+    assert "private networks are not allowed" in _refusal(policy, "rtsp://10.1.3.7/stream1")
+
+
+def test_an_allow_list_is_a_deny_of_everything_plus_allowed_networks():
+    policy = UriPolicy(deny_networks=("0.0.0.0/0", "::/0"), allow_networks=("203.0.113.0/24",))
+    assert policy.check("https://203.0.113.10/a.m3u8") == "https://203.0.113.10/a.m3u8"
+    assert _refusal(policy, "https://198.51.100.1/") == "address 198.51.100.1 is in denied network 0.0.0.0/0"
+    assert "denied network ::/0" in _refusal(policy, "https://[2001:db8::1]/")
+
+
+@pytest.mark.parametrize("uri", [
+    "http://[64:ff9b:1::a9fe:a9fe]/",  # local-use NAT64 prefix (RFC 8215)
+    "http://[2002:a9fe:a9fe::1]/",  # 6to4
+    "http://[::ffff:a9fe:1]/",
+])
+def test_default_deny_networks_cover_link_local_in_its_ipv6_spellings(uri):
+    assert "link-local" in _refusal(UriPolicy(), uri)
+
+
+def test_default_deny_networks_are_replaced_not_merged_when_configured():
+    # Configuring deny_networks is the whole list: keep the defaults in it.
+    policy = UriPolicy(deny_networks=("127.0.0.2/32",))
+    assert policy.check("http://169.254.169.254/") == "http://169.254.169.254/"
+    assert _refusal(UriPolicy(deny_networks=(*DEFAULT_DENY_NETWORKS, "127.0.0.2/32")),
+                    "http://169.254.169.254/").startswith("address 169.254.169.254 is a link-local")
+
+
+def test_the_policy_follows_its_config():
+    cfg = load_config(None, ['kafka.uri_policy.allow_networks=["127.0.0.1"]',
+                             'kafka.uri_policy.deny_networks=["127.0.0.0/8", "169.254.0.0/16"]'], environ={})
+    policy = UriPolicy.from_config(cfg.kafka.uri_policy)
+    assert policy.check("http://127.0.0.1/") == "http://127.0.0.1/"
+    assert "denied network 127.0.0.0/8" in _refusal(policy, "http://127.0.0.3/")
+    assert UriPolicy.from_config(UriPolicyConfig()) == UriPolicy()
+
+
+@pytest.mark.parametrize("networks", [["10.0.0.1/8"], ["not-a-network"], ["169.254.0.0/33"]])
+def test_a_network_that_is_not_a_cidr_is_a_config_error(networks):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [f"kafka.uri_policy.deny_networks={json.dumps(networks)}"], environ={})
+    assert "deny_networks" in str(caught.value)
+
+
+def test_check_host_returns_the_addresses_it_checked(monkeypatch):
+    _stub_resolver(monkeypatch, {"cam.example": ["10.0.0.5", "10.0.0.6"]})
+    policy = UriPolicy()
+    assert [str(a) for a in policy.check_host("cam.example")] == ["10.0.0.5", "10.0.0.6"]
+    assert [str(a) for a in policy.check_host("10.0.0.7")] == ["10.0.0.7"]
+    with pytest.raises(HostUnresolved):
+        policy.check_host("camera.invalid")
