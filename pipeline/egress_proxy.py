@@ -15,7 +15,7 @@ kept-alive connection can never ride on a connection checked for another host.
 TLS stays end to end (a CONNECT tunnel is relayed byte for byte).
 
 Threads: one accepting, one per connection (two for a tunnel); all daemons,
-ended by ``close()``.
+ended by ``close()`` (``LoopbackServer``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+from pipeline.loopback_server import LoopbackServer, close_quietly
 from pipeline.uri_policy import HostUnresolved, IPAddress, UriPolicy, UriRefused, redact
 
 log = logging.getLogger("avfuse.egress")
@@ -47,7 +48,7 @@ class HopRefused(Exception):
         self.hop, self.reason = hop, reason
 
 
-class EgressProxy:
+class EgressProxy(LoopbackServer):
     """Serves on ``url`` (http://127.0.0.1:PORT) until ``close()``.
 
     ``schemes``: the URL schemes requests may use ("http" for absolute-form GETs,
@@ -57,49 +58,10 @@ class EgressProxy:
     def __init__(self, policy: UriPolicy, stream_id: str | None = None, schemes: tuple[str, ...] = ("http", "https")):
         self.policy, self.stream_id, self.schemes = policy, stream_id, schemes
         self.refusals: list[HopRefused] = []
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._closed = False
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, name="avfuse-egress-proxy", daemon=True).start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sockets = list(self._open)
-        close_quietly(self._listener)
-        for sock in sockets:
-            close_quietly(sock)
+        super().__init__(backlog=64, thread_name="avfuse-egress-proxy", conn_thread_name="avfuse-egress-conn")
+        self.url = f"http://127.0.0.1:{self.port}"
 
     # -- connections -----------------------------------------------------------------
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            if not self._track(client):
-                return
-            threading.Thread(target=self._serve, args=(client,), name="avfuse-egress-conn", daemon=True).start()
-
-    def _track(self, sock: socket.socket) -> bool:
-        with self._lock:
-            if self._closed:
-                close_quietly(sock)
-                return False
-            self._open.add(sock)
-            return True
-
-    def _forget(self, *socks: socket.socket | None) -> None:
-        for sock in socks:
-            if sock is not None:
-                with self._lock:
-                    self._open.discard(sock)
-                close_quietly(sock)
 
     def _serve(self, client: socket.socket) -> None:
         upstream = None
@@ -126,7 +88,7 @@ class EgressProxy:
         except (OSError, ValueError) as exc:
             log.debug("egress proxy connection ended: %s", exc, extra={"stream_id": self.stream_id})
         finally:
-            self._forget(client, upstream)
+            self._forget(upstream)
 
     def _connect_tunnel(self, client: socket.socket, target: str) -> socket.socket | None:
         host, _, port_text = target.rpartition(":")
@@ -267,24 +229,27 @@ def _send_body(client: socket.socket, upstream: socket.socket, rest: bytes, leng
         left -= len(chunk)
 
 
+def pump(src: socket.socket, dst: socket.socket) -> None:
+    """Pass ``src``'s bytes to ``dst`` unchanged until ``src`` ends, then shut both down
+    (so the pump the other way ends too)."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 def _splice(a: socket.socket, b: socket.socket) -> None:
     """Relay both ways until either side closes."""
-    def pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
     other = threading.Thread(target=pump, args=(b, a), name="avfuse-egress-tunnel", daemon=True)
     other.start()
     pump(a, b)
@@ -303,15 +268,3 @@ def _reply(sock: socket.socket, status: int, text: str) -> None:
 
 def _shown(text: str) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
-
-
-def close_quietly(sock: socket.socket) -> None:
-    """Shut down, then close: a close alone would not wake another thread blocked reading it."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass

@@ -25,7 +25,8 @@ import re
 import socket
 import threading
 
-from pipeline.egress_proxy import IDLE_TIMEOUT_S, HopRefused, close_quietly, connect_checked
+from pipeline.egress_proxy import IDLE_TIMEOUT_S, HopRefused, connect_checked, pump
+from pipeline.loopback_server import LoopbackServer
 from pipeline.uri_policy import IPAddress, redact
 
 log = logging.getLogger("avfuse.egress")
@@ -35,64 +36,30 @@ _LOCATION = re.compile(rb"\n[ \t]*location[ \t]*:[ \t]*([^\n]*)", re.IGNORECASE)
 _CARRY_BYTES = 256  # more than "\nLocation:" and some of its value
 
 
-class RtspRelay:
+class RtspRelay(LoopbackServer):
     """Listens on 127.0.0.1:``port`` until ``close()``; every connection goes to ``addresses``
     (already checked) on ``upstream_port``. ``hop`` names the server in refusals."""
 
     def __init__(self, addresses: list[IPAddress], upstream_port: int, hop: str, stream_id: str | None = None):
         self.addresses, self.upstream_port, self.hop, self.stream_id = addresses, upstream_port, hop, stream_id
         self.refusals: list[HopRefused] = []
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._closed = False
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, name="avfuse-rtsp-relay", daemon=True).start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sockets = list(self._open)
-        close_quietly(self._listener)
-        for sock in sockets:
-            close_quietly(sock)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), name="avfuse-rtsp-conn", daemon=True).start()
-
-    def _track(self, *socks: socket.socket) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            self._open.update(socks)
-            return True
+        super().__init__(backlog=8, thread_name="avfuse-rtsp-relay", conn_thread_name="avfuse-rtsp-conn")
 
     def _serve(self, client: socket.socket) -> None:
         upstream = connect_checked(self.addresses, self.upstream_port)
         try:
-            if upstream is None or not self._track(client, upstream):
+            if upstream is None or not self._track(upstream):
                 return
             client.settimeout(IDLE_TIMEOUT_S)
             upstream.settimeout(IDLE_TIMEOUT_S)
-            requests = threading.Thread(target=_pump_raw, args=(client, upstream), name="avfuse-rtsp-requests",
+            requests = threading.Thread(target=pump, args=(client, upstream), name="avfuse-rtsp-requests",
                                         daemon=True)
             requests.start()
             self._pump_server(upstream, client)
         except (OSError, ValueError) as exc:
             log.debug("rtsp relay connection ended: %s", exc, extra={"stream_id": self.stream_id})
         finally:
-            with self._lock:
-                self._open.difference_update((client, upstream))
-            for sock in (client, upstream):
-                if sock is not None:
-                    close_quietly(sock)
+            self._forget(upstream)
 
     def _pump_server(self, upstream: socket.socket, client: socket.socket) -> None:
         """Pass the server's bytes on until they end or hold a Location header."""
@@ -116,21 +83,3 @@ class RtspRelay:
         with self._lock:
             self.refusals.append(refused)
         log.warning("%s", refused, extra={"stream_id": self.stream_id, "stage": "egress"})
-
-
-def _pump_raw(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
