@@ -18,6 +18,7 @@ from operators.event_head import EventHead
 from operators.fusion import WindowInput
 from pipeline.config import load_config
 from pipeline.provenance import trained_behind
+from pipeline.media import FusionRequest
 from pipeline.stages import FusionStage
 
 
@@ -32,13 +33,14 @@ def windows(count: int, seed: int = 0) -> list[WindowInput]:
 
 
 def run(device: str, items: list[list[WindowInput]], head_path: str) -> tuple[float, list]:
-    cfg = load_config(None, [f"runtime.device={device}", f"event_head.checkpoint={head_path}"], environ={})
+    cfg = load_config(None, ["profile=signal", f"runtime.device={device}", f"event_head.checkpoint={head_path}"],
+                      environ={})
     stage = FusionStage(cfg)
-    stage.run_batch(items[:2])  # warm-up (CUDA context, kernels)
+    stage.run_batch([FusionRequest(windows) for windows in items[:2]])  # warm-up (CUDA context, kernels)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     started = time.perf_counter()
-    results = [stage.run_batch([item])[0] for item in items]
+    results = [stage.run_batch([FusionRequest(item)])[0] for item in items]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - started, results

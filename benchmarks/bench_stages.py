@@ -132,7 +132,8 @@ def main() -> None:
     parser.add_argument("--clip", type=Path)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
-    cfg = load_config(None, args.sets, environ={})
+    # The in-process loop runs the encoders, not the taggers: compare it in the signal profile.
+    cfg = load_config(None, ["profile=signal", *args.sets], environ={})
     # As in the Ray actors: few intra-op threads, so torch does not fight the decoders for cores.
     torch.set_num_threads(cfg.runtime.torch_threads)
     clip = args.clip or Path(tempfile.mkdtemp()) / "bench720p.mp4"

@@ -2,10 +2,9 @@
 
 A concept table (``operators/data/av_concepts.json``, or ``av_events.concepts``) maps a concept
 to AudioSet classes (each with its descendants in the ontology) and to ImageNet classes. The
-sound and image taggers' scores of one stream are cut into the alignment windows
-(``pipeline.alignment``, the same ``align.window_s`` / ``hop_s`` as fusion, with their own
-watermarks); a concept is present in a window when its best sound reaches ``min_audio`` and
-its best sight ``min_visual`` there. Consecutive windows with the concept make one
+stream's aligner cuts the taggers' rows ("sounds", "sights") into the fusion's windows; a
+concept is present in a window when its best sound reaches ``min_audio`` and its best sight
+``min_visual`` there. Consecutive windows with the concept make one
 ``av_event`` from the first window's start to the last one's end; its attributes name the
 concept and the best sound and sight with their scores.
 """
@@ -19,16 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
-from pipeline.config import AlignConfig, AVEventsConfig
-from pipeline.media import ClassScores
+from pipeline.alignment import AlignedWindow, TimedRows
+from pipeline.config import AVEventsConfig
 from pipeline.records import Event, event_id
 from pipeline.spans import HysteresisSpans, Span
 from pipeline.tag_events import Vocabulary
 
 LABEL = "av_event"
 DETECTOR = "av_concepts"
-MODALITIES = ("sounds", "sights")
 
 
 @dataclass(frozen=True)
@@ -75,34 +72,23 @@ def _best(rows: TimedRows | None, classes: frozenset[int]) -> tuple[float, int |
 
 
 class AVEventDetector:
-    def __init__(self, stream_id: str, cfg: AVEventsConfig, align: AlignConfig, concepts: list[Concept],
+    """Windows in (index order, from the stream's aligner), ``av_event``s out once they end."""
+
+    def __init__(self, stream_id: str, cfg: AVEventsConfig, hop_s: float, concepts: list[Concept],
                  version: str, sounds: Vocabulary, sights: Vocabulary):
         self.stream_id, self.cfg, self.concepts, self.version = stream_id, cfg, concepts, version
         self.sounds, self.sights = sounds, sights
-        self.aligner = WindowAligner(stream_id, WindowSpec(align.window_s, align.hop_s), align.max_skew_s, MODALITIES)
-        self._spans = HysteresisSpans(1.0, 1.0, 0.0, max_gap_s=align.hop_s)
+        # Consecutive windows overlap; a skipped one (no media) ends the event.
+        self._spans = HysteresisSpans(1.0, 1.0, 0.0, max_gap_s=hop_s)
 
-    def add(self, modality: str, scores: ClassScores | None, watermark_s: float, done: bool) -> None:
-        if self.aligner.states[modality].done:
-            return  # the modality gave up earlier; what its decoder still flushes is too late
-        if scores is not None and len(scores):
-            self.aligner.add(modality, TimedRows(scores.t_s, {"class_index": scores.class_index,
-                                                              "score": scores.score}))
-        self.aligner.advance(modality, watermark_s)
-        if done:
-            self.aligner.finish(modality)
-
-    def pop_events(self) -> list[Event]:
+    def on_windows(self, windows: list[AlignedWindow]) -> list[Event]:
         closed: list[tuple[str, Span]] = []
-        for window in self.aligner.pop_ready():
+        for window in windows:
             closed += self._on_window(window)
         return [self._event(name, span) for name, span in closed]
 
     def close(self) -> list[Event]:
-        for modality in MODALITIES:
-            self.aligner.finish(modality)
-        events = self.pop_events()
-        return events + [self._event(name, span) for name, span in self._spans.close_all()]
+        return [self._event(name, span) for name, span in self._spans.close_all()]
 
     def _on_window(self, window: AlignedWindow) -> list[tuple[str, Span]]:
         present, found = {}, {}

@@ -90,7 +90,8 @@ class AVSyncConfig(Section):
     checkpoint: str = Field("default", description="an av_sync checkpoint; 'default': the one shipped in "
                                                    "operators/weights (trained as the README says)")
     desync_threshold_s: float = Field(0.08, gt=0, description="av_desync while |offset| exceeds this")
-    min_confidence: float = Field(0.5, ge=0, le=1, description="estimates less confident raise no av_desync")
+    min_confidence: float = Field(0.8, ge=0, le=1, description="estimates less confident raise no av_desync "
+                                                               "(0.8: no false alarm on the in-sync real clips)")
     report_confidence: float = Field(0.5, ge=0, le=1, description="summaries give av_offset_s null (unknown) "
                                                                   "for estimates less confident than this")
     horizon_s: float = Field(10.0, gt=0, description="recent windows the running estimate combines")

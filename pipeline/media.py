@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from operators.fusion import WindowInput
 
 # Arrays mapped from Ray's object store are read-only. Stages only read them, so
 # sharing them with torch instead of copying is safe; torch's warning says nothing new.
@@ -170,21 +174,42 @@ class EncodedAudio:
 
 @dataclass
 class ClassScores:
-    """A tagger's best classes for each of its inputs (a frame, an audio patch), best first.
+    """A tagger's output for each of its inputs (a frame, an audio patch): best classes first.
 
     t_s:         [N] float64, the time each row stands for (frame PTS; patch centre).
     class_index: [N, k] int16, indices into the tagger's class list.
     score:       [N, k] float32, their probabilities (softmax for images, sigmoid for sounds).
-    Only the top k travel: the full score vectors would be most of the bytes, and nothing
-    downstream reads a class that is not near the top.
+    tokens_f32:  [N, D] float32, the tagger's embedding of each input (EfficientNet-Lite0's
+                 1280-d pooled features, YAMNet's 1024-d patch embedding): the fusion's tokens.
+    Only the top k classes travel: the full score vectors would be most of the bytes, and
+    nothing downstream reads a class that is not near the top.
     """
 
     t_s: np.ndarray
     class_index: np.ndarray
     score: np.ndarray
+    tokens_f32: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.t_s.shape[0])
+
+
+@dataclass
+class FusionRequest:
+    """One stream's ready windows for the fusion stage.
+
+    windows:  the encoders' tokens per window (mobilenet frames at video.fps, 100 ms audio
+              rows): what the A/V-sync and event heads were trained on.
+    semantic: the same windows with the taggers' embeddings (EfficientNet-Lite0 frames,
+              YAMNet patches), which the fusion then reads; None in the signal profile
+              (the fusion reads ``windows``).
+    """
+
+    windows: list[WindowInput]
+    semantic: list[WindowInput] | None = None
+
+    def __len__(self) -> int:
+        return len(self.windows)
 
 
 @dataclass

@@ -125,6 +125,9 @@ class Error(Record):
 @dataclass
 class Window(Record):
     record_type: ClassVar[str] = "window"
+    # 2: the embedding fuses the taggers' tokens in the pretrained profile (tokens_from);
+    # sight_tokens / sound_tokens; missing may name "sights" and "sounds".
+    version: ClassVar[int] = 2
     stream_id: str
     index: int
     start_s: float
@@ -135,6 +138,9 @@ class Window(Record):
     fusion: str
     embedding: list[float]
     signals: dict[str, Any] = field(default_factory=dict)  # e.g. peak luma / loudness and their times
+    sight_tokens: int = 0  # EfficientNet-Lite0 frames in the window
+    sound_tokens: int = 0  # YAMNet patches (centres) in the window
+    tokens_from: str = "encoders"  # what the fusion read: "taggers" (sights + sounds) or "encoders"
 
 
 RECORD_TYPES: dict[str, type[Record]] = {

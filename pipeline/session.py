@@ -15,12 +15,12 @@ import torch
 from operators import WindowInput, frame_difference, histogram_distance, spectral_flux
 from pipeline import metrics
 from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
-from pipeline.understanding import Understanding
+from pipeline.understanding import Understanding, fuses_tagger_tokens, tagger_modalities
 from pipeline.config import Config
 from pipeline.decode import StreamInfo
 from pipeline.detectors import AudioSeries, DetectorBank, VideoSeries
 from pipeline.learned_events import LearnedEvents
-from pipeline.media import ClassScores, EncodedAudio, EncodedVideo, FusedWindows, MediaChunk
+from pipeline.media import ClassScores, EncodedAudio, EncodedVideo, FusedWindows, FusionRequest, MediaChunk
 from pipeline.records import Error, Event, StreamEnd, StreamStart, Window
 from pipeline.sinks import Sink
 from pipeline.summary import SummaryTracker
@@ -44,9 +44,11 @@ class StreamSession:
     def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink):
         self.stream_id, self.uri, self.cfg, self.info, self.sink = stream_id, uri, cfg, info, sink
         self.aligner = WindowAligner(stream_id, WindowSpec(cfg.align.window_s, cfg.align.hop_s),
-                                     cfg.align.max_skew_s, ("video", "audio"))
-        for modality, present in (("video", info.video), ("audio", info.audio)):
-            if not present:
+                                     cfg.align.max_skew_s, ("video", "audio", *tagger_modalities(cfg)))
+        self.understanding = Understanding(stream_id, cfg, info)
+        for modality, present in (("video", info.video), ("audio", info.audio),
+                                  ("sights", self.understanding.sights_on), ("sounds", self.understanding.sounds_on)):
+            if not present and modality in self.aligner.states:
                 self.aligner.finish(modality)  # absent: windows never wait for it
         self.detectors = DetectorBank(stream_id, cfg.detectors, cfg.speech)
         self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
@@ -54,8 +56,8 @@ class StreamSession:
                                       report_confidence=cfg.av_sync.report_confidence)
         self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
         self.learned: LearnedEvents | None = None
-        self.understanding = Understanding(stream_id, cfg, info)
         self.summary.tags = self.understanding.top_tags
+        self.fuses_tagger_tokens = fuses_tagger_tokens(cfg)
         self.started_wall_s = time.monotonic()
         self._last_hist = self._last_thumb = self._last_bands = None
         self._last_subframe_t_s: float | None = None
@@ -88,6 +90,7 @@ class StreamSession:
             self.aligner.advance(modality, watermark_s)
             if done:
                 self.aligner.finish(modality)
+        self.understanding.advance(self.aligner, chunk)
         self.processed_s = max(self.processed_s, chunk.video_watermark_s, chunk.audio_watermark_s)
         periodic = self.summary.advance(self.processed_s)
         if periodic is not None:
@@ -95,8 +98,8 @@ class StreamSession:
         return self._pop_windows()
 
     def on_tags(self, chunk: MediaChunk, sights: ClassScores | None, sounds: ClassScores | None) -> None:
-        """The taggers' classes for one chunk (before ``on_chunk`` of the same chunk)."""
-        self._emit(self.understanding.on_chunk(chunk, sights, sounds))
+        """The taggers' outputs for one chunk (before ``on_chunk`` of the same chunk)."""
+        self._emit(self.understanding.on_tags(self.aligner, sights, sounds))
 
     def _on_video(self, video: EncodedVideo) -> None:
         self.frames_kept += len(video.t_s)
@@ -125,6 +128,7 @@ class StreamSession:
 
     def _pop_windows(self) -> list[AlignedWindow]:
         windows = self.aligner.pop_ready()
+        self._emit(self.understanding.on_windows(windows))
         partial = sum(w.partial for w in windows)
         self.summary.add_windows(len(windows), partial)
         m = metrics.get()
@@ -143,13 +147,17 @@ class StreamSession:
 
     # -- fusion ----------------------------------------------------------------------
 
-    @staticmethod
-    def fusion_inputs(windows: list[AlignedWindow]) -> list[WindowInput]:
+    def fusion_inputs(self, windows: list[AlignedWindow]) -> FusionRequest:
+        """The fusion stage's request: the encoders' tokens, and the taggers' when the fusion reads them."""
         def part(window: AlignedWindow, modality: str):
             rows = window.rows.get(modality)
             return (None, None) if rows is None or len(rows) == 0 else (rows.columns["tokens"], rows.t_s)
 
-        return [WindowInput(w.start_s, *part(w, "video"), *part(w, "audio")) for w in windows]
+        def inputs(video: str, audio: str) -> list[WindowInput]:
+            return [WindowInput(w.start_s, *part(w, video), *part(w, audio)) for w in windows]
+
+        return FusionRequest(inputs("video", "audio"),
+                             inputs("sights", "sounds") if self.fuses_tagger_tokens else None)
 
     def on_fused(self, windows: list[AlignedWindow], fused: FusedWindows) -> None:
         """The fusion stage's results for ``windows``: A/V offset, learned events, window records."""
@@ -159,7 +167,7 @@ class StreamSession:
                 self.summary.sync = self.sync
             for window, probs, valid in zip(windows, fused.sync_probs, fused.sync_valid):
                 if valid:
-                    self._emit(self.sync.add(window.start_s, window.end_s, probs))
+                    self._emit(self.sync.add(window.start_s, window.end_s, probs, self._visible(window)))
         if fused.label_probs is not None:
             if self.learned is None:
                 self.learned = LearnedEvents(self.stream_id, self.cfg.event_head, fused.labels, fused.head_version)
@@ -172,8 +180,19 @@ class StreamSession:
                 self.stream_id, window.index, window.start_s, window.end_s,
                 video_tokens=_count(window, "video"), audio_tokens=_count(window, "audio"),
                 missing=sorted(window.missing), fusion=self.cfg.fusion.strategy,
-                embedding=[round(float(x), 6) for x in embedding], signals=_window_signals(window)),
+                embedding=[round(float(x), 6) for x in embedding], signals=_window_signals(window),
+                sight_tokens=_count(window, "sights"), sound_tokens=_count(window, "sounds"),
+                tokens_from="taggers" if self.fuses_tagger_tokens else "encoders"),
                 self.media_arrived_wall_s)
+
+    def _visible(self, window: AlignedWindow) -> bool:
+        """Whether the window's picture is neither black nor frozen (thresholds of those detectors)."""
+        rows = window.rows.get("video")
+        if rows is None or len(rows) == 0:
+            return False
+        detectors = self.cfg.detectors
+        return (float(rows.columns["luma_mean"].max()) > detectors.black_video.max_luma
+                and float(rows.columns["motion"].max()) > detectors.frozen_video.max_motion)
 
     # -- end -------------------------------------------------------------------------
 

@@ -30,7 +30,9 @@ from operators.weights import sync_checkpoint_path
 from pipeline.provenance import trained_behind
 from pipeline.speech_scoring import SpeechScoring
 from pipeline.config import Config
-from pipeline.media import AudioPatches, AudioRows, ClassScores, EncodedAudio, EncodedVideo, FusedWindows, VideoFrames
+from pipeline.media import (AudioPatches, AudioRows, ClassScores, EncodedAudio, EncodedVideo, FusedWindows,
+                            FusionRequest, VideoFrames)
+from pipeline.understanding import IMAGE_EMBED_DIM, SOUND_EMBED_DIM, fuses_tagger_tokens
 
 log = logging.getLogger("avfuse.stages")
 
@@ -119,14 +121,14 @@ class ImageTagStage:
 
     def _forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with autocast_for(self.device):
-            _, probs = self.tagger(frames)
-        return _top_k(probs, self.top_k)
+            embedding, probs = self.tagger(frames)
+        return (*_top_k(probs, self.top_k), embedding)
 
     @torch.inference_mode()
     def run_batch(self, items: list[VideoFrames]) -> list[ClassScores]:
         shares = _run_concatenated([item.frames_rgb_u8 for item in items], self.device, self._forward)
-        return [ClassScores(item.pts_s, index.astype(np.int16), score)
-                for item, (index, score) in zip(items, shares)]
+        return [ClassScores(item.pts_s, index.astype(np.int16), score, embedding)
+                for item, (index, score, embedding) in zip(items, shares)]
 
 
 class SoundTagStage:
@@ -147,14 +149,14 @@ class SoundTagStage:
 
     def _forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with autocast_for(self.device):
-            _, scores = self.tagger(patches)
-        return _top_k(scores, self.top_k)
+            embedding, scores = self.tagger(patches)
+        return (*_top_k(scores, self.top_k), embedding)
 
     @torch.inference_mode()
     def run_batch(self, items: list[AudioPatches]) -> list[ClassScores]:
         shares = _run_concatenated([item.samples_f32 for item in items], self.device, self._forward)
-        return [ClassScores(item.start_s + self.centre_s, index.astype(np.int16), score)
-                for item, (index, score) in zip(items, shares)]
+        return [ClassScores(item.start_s + self.centre_s, index.astype(np.int16), score, embedding)
+                for item, (index, score, embedding) in zip(items, shares)]
 
 
 def _load_sync(cfg: Config, video_dim: int, audio_dim: int, expected: dict):
@@ -179,13 +181,18 @@ def _load_sync(cfg: Config, video_dim: int, audio_dim: int, expected: dict):
 class FusionStage:
     """Fuses windows, and runs the heads that read the same batch: A/V sync and learned events.
 
-    One request is the list of windows one stream has ready; it gets one FusedWindows back.
+    One request (``FusionRequest``) is the windows one stream has ready; it gets one
+    FusedWindows back. With the pretrained taggers, the cross-modal fusion reads their
+    embeddings (EfficientNet-Lite0 frames attend to YAMNet patches, and back); the heads keep
+    the encoder tokens they were trained behind.
     """
 
     def __init__(self, cfg: Config):
         self.device = resolve_device(cfg.runtime.device)
         video_dim, audio_dim = self.dims = cfg.vision.embed_dim, cfg.audio_encoder.embed_dim
-        self.fusion = build_fusion(cfg.fusion, video_dim, audio_dim).to(self.device).eval()
+        self.semantic = fuses_tagger_tokens(cfg)
+        self.fusion_dims = (IMAGE_EMBED_DIM, SOUND_EMBED_DIM) if self.semantic else self.dims
+        self.fusion = build_fusion(cfg.fusion, *self.fusion_dims).to(self.device).eval()
         self.sync = self.event_head = None
         self.head_version = ""
         expected = trained_behind(cfg)
@@ -207,13 +214,17 @@ class FusionStage:
         return [] if self.event_head is None else list(self.event_head.labels)
 
     @torch.inference_mode()
-    def run_batch(self, items: list[list[WindowInput]]) -> list[FusedWindows]:
+    def run_batch(self, items: list[FusionRequest]) -> list[FusedWindows]:
         lengths = [len(item) for item in items]
-        windows = [w for item in items for w in item]
+        windows = [w for item in items for w in item.windows]
         # Explicit widths: a batch of video-only windows still has (empty) audio of the right width.
         batch = collate_windows(windows, self.device, *self.dims)
+        fusion_batch = batch
+        if self.semantic:
+            fusion_batch = collate_windows([w for item in items for w in item.semantic], self.device,
+                                           *self.fusion_dims)
         with autocast_for(self.device):
-            embedding = self.fusion(batch).embedding.float().cpu().numpy()
+            embedding = self.fusion(fusion_batch).embedding.float().cpu().numpy()
             # The heads' attention logits are small differences of dot products: keep them in fp32.
             with torch.autocast(device_type=self.device.type, enabled=False):
                 sync = self.sync(batch) if self.sync is not None else None

@@ -1,13 +1,19 @@
-"""What one stream's taggers say, made into events: sound classes, visual tags, av_events.
+"""What one stream's taggers say, made into events and fusion tokens.
 
 Per-stream state of the pretrained taggers, kept with the rest of the stream's state in its
 ``StreamSession``: a ``TagEventDetector`` per tagger (``pipeline.tag_events``) and, when both
-run, the ``AVEventDetector`` (``pipeline.av_events``). A modality the media lacks has no
-detector, so its tags are absent rather than empty guesses.
+run, the ``AVEventDetector`` (``pipeline.av_events``). The taggers' rows also go into the
+stream's aligner as two more modalities, "sights" (EfficientNet-Lite0 frames) and "sounds"
+(YAMNet patches): their embeddings are the tokens the fusion attends over, and their classes
+what av_events read. A modality the media lacks has no detector and no rows, so its tags are
+absent rather than empty guesses.
 """
 
 from __future__ import annotations
 
+from operators.efficientnet_lite import ImageTagger
+from operators.yamnet import EMBED_DIM as SOUND_EMBED_DIM
+from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner
 from pipeline.audio_patches import PATCH_SAMPLES, SAMPLE_RATE_HZ
 from pipeline.av_events import AVEventDetector, load_concepts
 from pipeline.config import Config
@@ -17,9 +23,23 @@ from pipeline.records import Event
 from pipeline.tag_events import TagEventDetector, TagEventRules
 from pipeline.tag_vocabularies import sight_vocabulary, sound_vocabulary
 
+IMAGE_EMBED_DIM = ImageTagger.EMBED_DIM
 SOUND_STEP_S = 0.48  # patches every 0.48 s: each stands for the 0.48 s around its centre
 # Every later patch is centred at least this far before the audio watermark (see audio_patches).
 _SOUND_WATERMARK_LAG_S = PATCH_SAMPLES / SAMPLE_RATE_HZ / 2 + 1e-3
+
+__all__ = ["IMAGE_EMBED_DIM", "SOUND_EMBED_DIM", "Understanding", "check_rules", "fuses_tagger_tokens",
+           "tagger_modalities"]
+
+
+def tagger_modalities(cfg: Config) -> tuple[str, ...]:
+    """The aligner modalities the taggers add: "sights" and / or "sounds"."""
+    return (("sights",) if cfg.visual_tags.enabled else ()) + (("sounds",) if sound_patches_wanted(cfg) else ())
+
+
+def fuses_tagger_tokens(cfg: Config) -> bool:
+    """Whether the fusion reads the taggers' embeddings (both run) rather than the encoders' tokens."""
+    return tagger_modalities(cfg) == ("sights", "sounds")
 
 
 def sound_rules(cfg: Config) -> TagEventRules:
@@ -43,14 +63,15 @@ def check_rules(cfg: Config) -> None:
 
 class Understanding:
     def __init__(self, stream_id: str, cfg: Config, info: StreamInfo):
-        sounds_on = sound_patches_wanted(cfg) and info.audio is not None
-        sights_on = cfg.visual_tags.enabled and info.video is not None
-        self.sounds = TagEventDetector(stream_id, sound_vocabulary(), sound_rules(cfg)) if sounds_on else None
-        self.sights = TagEventDetector(stream_id, sight_vocabulary(), sight_rules(cfg)) if sights_on else None
+        modalities = tagger_modalities(cfg)
+        self.sights_on = "sights" in modalities and info.video is not None
+        self.sounds_on = "sounds" in modalities and info.audio is not None
+        self.sounds = TagEventDetector(stream_id, sound_vocabulary(), sound_rules(cfg)) if self.sounds_on else None
+        self.sights = TagEventDetector(stream_id, sight_vocabulary(), sight_rules(cfg)) if self.sights_on else None
         self.av: AVEventDetector | None = None
-        if cfg.av_events_on and sounds_on and sights_on:
+        if cfg.av_events_on and self.sounds_on and self.sights_on:
             concepts, version = load_concepts(cfg.av_events.concepts, sound_vocabulary(), sight_vocabulary())
-            self.av = AVEventDetector(stream_id, cfg.av_events, cfg.align, concepts, version,
+            self.av = AVEventDetector(stream_id, cfg.av_events, cfg.align.hop_s, concepts, version,
                                       sound_vocabulary(), sight_vocabulary())
 
     def top_tags(self, n: int) -> dict[str, list[dict]]:
@@ -58,17 +79,31 @@ class Understanding:
         return {"audio_tags": self.sounds.totals.top(n) if self.sounds is not None else [],
                 "visual_tags": self.sights.totals.top(n) if self.sights is not None else []}
 
-    def on_chunk(self, chunk: MediaChunk, sights: ClassScores | None, sounds: ClassScores | None) -> list[Event]:
+    def on_tags(self, aligner: WindowAligner, sights: ClassScores | None, sounds: ClassScores | None) -> list[Event]:
+        """One chunk's tagger outputs: tag events now ended; the rows go to the stream's aligner."""
         events = []
-        if self.sounds is not None and sounds is not None:
-            events += self.sounds.update(sounds)
-        if self.sights is not None and sights is not None:
-            events += self.sights.update(sights)
-        if self.av is not None:
-            self.av.add("sounds", sounds, chunk.audio_watermark_s - _SOUND_WATERMARK_LAG_S, chunk.audio_done)
-            self.av.add("sights", sights, chunk.video_watermark_s, chunk.video_done)
-            events += self.av.pop_events()
+        for modality, detector, scores in (("sights", self.sights, sights), ("sounds", self.sounds, sounds)):
+            if detector is None or scores is None or len(scores) == 0:
+                continue
+            events += detector.update(scores)
+            if not aligner.states[modality].done:  # a modality that gave up: what is flushed later is late
+                aligner.add(modality, TimedRows(scores.t_s, {
+                    "tokens": scores.tokens_f32, "class_index": scores.class_index, "score": scores.score}))
         return events
+
+    def advance(self, aligner: WindowAligner, chunk: MediaChunk) -> None:
+        """The taggers' watermarks follow their media's; an absent or ended modality finishes them."""
+        for modality, on, watermark_s, done in (
+                ("sights", self.sights_on, chunk.video_watermark_s, chunk.video_done),
+                ("sounds", self.sounds_on, chunk.audio_watermark_s - _SOUND_WATERMARK_LAG_S, chunk.audio_done)):
+            if modality not in aligner.states:
+                continue
+            aligner.advance(modality, watermark_s)
+            if done or not on:
+                aligner.finish(modality)
+
+    def on_windows(self, windows: list[AlignedWindow]) -> list[Event]:
+        return self.av.on_windows(windows) if self.av is not None else []
 
     def finish(self, video_end_s: float | None, audio_end_s: float | None) -> list[Event]:
         events = []

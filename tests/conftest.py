@@ -69,8 +69,8 @@ def pipeline(ray_session):
 
 @pytest.fixture(scope="session")
 def pretrained_pipeline(ray_session):
-    """The default configuration: YAMNet, EfficientNet-Lite0 and av_events on."""
-    cfg = load_config(None, ["records.stdout=false"], environ={})
+    """The default configuration (YAMNet, EfficientNet-Lite0 and av_events on), with window records."""
+    cfg = load_config(None, ["records.windows=true", "records.stdout=false"], environ={})
     pipe = Pipeline(cfg)
     asyncio.run(pipe.warm_up())
     yield pipe

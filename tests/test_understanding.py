@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import jsonschema
+import numpy as np
 import pytest
 
 from pipeline import sample
@@ -67,6 +68,26 @@ def test_records_with_tags_validate_against_their_schemas(real_clips):
         jsonschema.validate(record, schema_for(record["type"]))
     summary = final_summary(real_clips, "chaplin.mp4")
     assert summary["schema"] == "avfuse.summary/2" and summary["visual_tags"]
+
+
+def test_window_embeddings_fuse_the_taggers_and_find_windows_of_the_same_content(real_clips):
+    windows = real_clips.of("window")
+    assert windows and all(w["tokens_from"] == "taggers" for w in windows)
+    full = [w for w in windows if not w["missing"]]
+    assert all(w["sight_tokens"] >= 1 and w["sound_tokens"] >= 1 for w in full)
+    # 2 s windows: 2 frames at 1 fps and 4 patch centres every 0.48 s, except at the clips' ends.
+    assert sum(w["sight_tokens"] == 2 and w["sound_tokens"] == 4 for w in full) >= 0.8 * len(full)
+    clip = np.array([w["stream_id"] for w in full])
+    embedding = np.array([w["embedding"] for w in full], np.float64)
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    similarity = embedding @ embedding.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest_same = clip[similarity.argmax(axis=1)] == clip
+    assert nearest_same.mean() >= 0.9, nearest_same.mean()
+    same = clip[:, None] == clip[None, :]
+    np.fill_diagonal(same, False)
+    different = clip[:, None] != clip[None, :]
+    assert similarity[same].mean() > similarity[different].mean() + 0.05
 
 
 def test_a_parent_class_is_not_a_second_event_for_the_same_sound(real_clips):
