@@ -29,8 +29,8 @@ from pipeline.decode import sound_patches_wanted
 from pipeline.errors import ClusterLost, OperatorLoadError, StreamOpenError
 from pipeline.records import Error, StreamEnd
 from pipeline.session import StreamSession
-from pipeline.understanding import check_rules
 from pipeline.sinks import Sink
+from pipeline.understanding import check_rules
 
 log = logging.getLogger("avfuse.runtime")
 
@@ -71,6 +71,9 @@ class Pipeline:
         torch.set_num_threads(cfg.runtime.torch_threads)
         placement = {"num_cpus": cfg.runtime.encoder_cpus, "num_gpus": cfg.runtime.encoder_gpus}
         threads = cfg.runtime.torch_threads
+        if cfg.sound_tags.enabled and not sound_patches_wanted(cfg):
+            log.warning("sound tags off: YAMNet hears 16 kHz audio, audio.sample_rate_hz is %d",
+                        cfg.audio.sample_rate_hz)
         kinds = ["vision", "audio", "fusion"]
         kinds += ["image_tags"] if cfg.visual_tags.enabled else []
         kinds += ["sound_tags"] if sound_patches_wanted(cfg) else []

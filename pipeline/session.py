@@ -1,4 +1,4 @@
-"""All per-stream state in one place: feature continuity, alignment, detectors, summaries.
+"""All per-stream state in one place: feature continuity, alignment, detectors, taggers' events, summaries.
 
 The driver feeds a StreamSession each decoded chunk together with what the
 shared encoders made of it; the session returns the windows ready for fusion
@@ -15,7 +15,6 @@ import torch
 from operators import WindowInput, frame_difference, histogram_distance, spectral_flux
 from pipeline import metrics
 from pipeline.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
-from pipeline.understanding import Understanding, fuses_tagger_tokens, tagger_modalities
 from pipeline.config import Config
 from pipeline.decode import StreamInfo
 from pipeline.detectors import AudioSeries, DetectorBank, VideoSeries
@@ -25,6 +24,7 @@ from pipeline.records import Error, Event, StreamEnd, StreamStart, Window
 from pipeline.sinks import Sink
 from pipeline.summary import SummaryTracker
 from pipeline.sync_tracker import SyncTracker
+from pipeline.understanding import Understanding, fuses_tagger_tokens, tagger_modalities
 
 # Audio sub-frames further apart than this are not neighbours: no flux across a gap.
 _SUBFRAME_GAP_S = 0.015
