@@ -219,3 +219,20 @@ def test_other_encoders_turn_the_shipped_sync_head_off_but_a_named_one_must_fit(
     with pytest.raises(CheckpointMismatchError, match="vision.checkpoint_sha256"):
         FusionStage(named)
     assert FusionStage(CFG).sync is not None
+
+
+def test_real_in_sync_clips_raise_no_false_alarm_and_a_shifted_copy_is_found(replay, tmp_path):
+    from benchmarks.shift_media import write_shifted_set
+    from tests.conftest import SHARED_MEDIA
+
+    copies = write_shifted_set(SHARED_MEDIA / "chaplin.mp4", tmp_path, [0.0, 0.5])
+    in_sync = [SHARED_MEDIA / name for name in ("big_buck_bunny_0_30.webm", "fire2.mp4", "nasa_13013.mp4")]
+    run = replay(*in_sync, copies[0.0], copies[0.5])
+    final = {s["stream_id"]: s for s in run.of("summary") if s["final"]}
+    for path in (*in_sync, copies[0.0]):
+        assert not run.events(path.name, "av_desync"), path.name
+        offset = final[path.name]["av_offset_s"]
+        assert offset is None or abs(offset) <= 0.08, final[path.name]
+    shifted = final[copies[0.5].name]
+    assert abs(shifted["av_offset_s"] - 0.5) <= 0.08, shifted
+    assert run.events(copies[0.5].name, "av_desync")
