@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pipeline.sample import ClipSpec, write_clip
@@ -21,6 +22,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_for_head(port: int, env: dict, timeout_s: float = 120) -> None:
+    """`ray start --block` returns nothing when the head is up: ask it, as an operator would."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        if status.returncode == 0:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the Ray head on port {port} did not come up: {status.stderr[-500:]}")
+
+
 def test_replay_joins_an_existing_ray_cluster(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=6.0))
     port = free_port()
@@ -31,6 +44,7 @@ def test_replay_joins_an_existing_ray_cluster(tmp_path):
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        _wait_for_head(port, env)
         out = tmp_path / "records.jsonl"
         result = subprocess.run(
             [sys.executable, "-m", "pipeline.cli", "replay", str(clip), "--ray-address", f"127.0.0.1:{port}",

@@ -151,8 +151,9 @@ def test_outputs_are_deterministic_and_independent_of_batch_arrangement(prepared
     top5 = torch.topk(probs, 5).indices
     for other_embedding, other_probs in ((again_embedding, again_probs), (shuffled_embedding, shuffled_probs)):
         assert torch.equal(torch.topk(other_probs, 5).indices, top5)
-        assert (other_embedding - embedding).abs().max().item() <= 1e-5
-        assert (other_probs - probs).abs().max().item() <= 1e-5
+        # oneDNN picks its convolution kernels by batch size: the last float bits may differ.
+        assert (other_embedding - embedding).abs().max().item() <= 1e-4
+        assert (other_probs - probs).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("size", [224, 96])
