@@ -82,10 +82,10 @@ class DecodeActor:
 
 def _make_stage(kind: str, cfg: Config):
     # Imported here so that only operator actors load torch models.
-    from pipeline import stages
+    from pipeline import stages, tag_stages
 
     return {"vision": stages.VisionStage, "audio": stages.AudioStage, "fusion": stages.FusionStage,
-            "image_tags": stages.ImageTagStage, "sound_tags": stages.SoundTagStage}[kind](cfg)
+            "image_tags": tag_stages.ImageTagStage, "sound_tags": tag_stages.SoundTagStage}[kind](cfg)
 
 
 _MAX_BATCH = {

@@ -30,8 +30,7 @@ from operators.weights import sync_checkpoint_path
 from pipeline.provenance import trained_behind
 from pipeline.speech_scoring import SpeechScoring
 from pipeline.config import Config
-from pipeline.media import (AudioPatches, AudioRows, ClassScores, EncodedAudio, EncodedVideo, FusedWindows,
-                            FusionRequest, VideoFrames)
+from pipeline.media import AudioRows, EncodedAudio, EncodedVideo, FusedWindows, FusionRequest, VideoFrames
 from pipeline.understanding import IMAGE_EMBED_DIM, SOUND_EMBED_DIM, fuses_tagger_tokens
 
 log = logging.getLogger("avfuse.stages")
@@ -41,7 +40,7 @@ def _split(array: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
     return np.split(array, np.cumsum(lengths)[:-1])
 
 
-def _run_concatenated(inputs: list[np.ndarray], device: torch.device, forward) -> list[list[np.ndarray]]:
+def run_concatenated(inputs: list[np.ndarray], device: torch.device, forward) -> list[list[np.ndarray]]:
     """One ``forward`` over the inputs stacked along dim 0; returns each input's share of every output.
 
     ``forward`` takes the stacked tensor on ``device`` and returns a tuple of tensors whose
@@ -68,7 +67,7 @@ class VisionStage:
 
     @torch.inference_mode()
     def run_batch(self, items: list[VideoFrames]) -> list[EncodedVideo]:
-        shares = _run_concatenated([item.frames_rgb_u8 for item in items], self.device, self._forward)
+        shares = run_concatenated([item.frames_rgb_u8 for item in items], self.device, self._forward)
         return [EncodedVideo(item.pts_s, *share) for item, share in zip(items, shares)]
 
 
@@ -97,67 +96,10 @@ class AudioStage:
 
     @torch.inference_mode()
     def run_batch(self, items: list[AudioRows]) -> list[EncodedAudio]:
-        shares = _run_concatenated([item.samples_f32 for item in items], self.device, self._forward)
+        shares = run_concatenated([item.samples_f32 for item in items], self.device, self._forward)
         return [EncodedAudio(item.start_s, *share, subframe_s=self.SUBFRAME_S,
                              speech=self.speech.score(item) if self.speech is not None else None)
                 for item, share in zip(items, shares)]
-
-
-def _top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    values, indices = torch.topk(scores.float(), min(k, scores.shape[1]), dim=1)
-    return indices.to(torch.int16), values
-
-
-class ImageTagStage:
-    """EfficientNet-Lite0 on the frames sampled for tagging: their best ImageNet classes."""
-
-    def __init__(self, cfg: Config):
-        from operators.efficientnet_lite import load_image_tagger
-
-        self.device = resolve_device(cfg.runtime.device)
-        self.tagger, self.weights = load_image_tagger(cfg.visual_tags.checkpoint)
-        # Batch norm folded into the convolutions: half the CPU time per frame, same outputs.
-        self.tagger = self.tagger.prepare_for_inference().to(self.device)
-        self.top_k = cfg.visual_tags.top_k
-
-    def _forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with autocast_for(self.device):
-            embedding, probs = self.tagger(frames)
-        return (*_top_k(probs, self.top_k), embedding)
-
-    @torch.inference_mode()
-    def run_batch(self, items: list[VideoFrames]) -> list[ClassScores]:
-        shares = _run_concatenated([item.frames_rgb_u8 for item in items], self.device, self._forward)
-        return [ClassScores(item.pts_s, index.astype(np.int16), score, embedding)
-                for item, (index, score, embedding) in zip(items, shares)]
-
-
-class SoundTagStage:
-    """YAMNet on the audio patches: their best AudioSet classes, timed at each patch's centre."""
-
-    def __init__(self, cfg: Config):
-        from operators.yamnet import PATCH_SAMPLES
-        from operators.yamnet_weights import load_yamnet
-        from pipeline.audio_patches import PATCH_SAMPLES as CUT_SAMPLES
-
-        if PATCH_SAMPLES != CUT_SAMPLES:  # the decoders cut what this model reads
-            raise ValueError(f"sound patches of {CUT_SAMPLES} samples, YAMNet reads {PATCH_SAMPLES}")
-        self.device = resolve_device(cfg.runtime.device)
-        self.tagger, self.weights = load_yamnet(cfg.sound_tags.checkpoint)
-        self.tagger = self.tagger.to(self.device).eval()
-        self.top_k = cfg.sound_tags.top_k
-        self.centre_s = PATCH_SAMPLES / 2 / 16000
-
-    def _forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with autocast_for(self.device):
-            embedding, scores = self.tagger(patches)
-        return (*_top_k(scores, self.top_k), embedding)
-
-    @torch.inference_mode()
-    def run_batch(self, items: list[AudioPatches]) -> list[ClassScores]:
-        shares = _run_concatenated([item.samples_f32 for item in items], self.device, self._forward)
-        return [ClassScores(item.start_s + self.centre_s, index.astype(np.int16), score, embedding)
-                for item, (index, score, embedding) in zip(items, shares)]
 
 
 def _load_sync(cfg: Config, video_dim: int, audio_dim: int, expected: dict):
