@@ -22,7 +22,6 @@ Every failure is a one-line CheckpointError naming the file.
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import logging
 import re
 import zipfile

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -22,6 +22,19 @@ class Section(BaseModel):
     # A typo in a key must fail, not be silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True,
                               coerce_numbers_to_str=True)  # a password of digits stays a string
+
+
+class _EnterExit(Section):
+    """A section with hysteresis thresholds ``enter`` and ``exit``: closing above the opening
+    threshold would make a span that never closes where it opened."""
+
+    section_name: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _exit_below_enter(self):
+        if self.exit > self.enter:
+            raise ValueError(f"{self.section_name}.exit must not exceed {self.section_name}.enter")
+        return self
 
 
 class VideoConfig(Section):
@@ -98,21 +111,19 @@ class AVSyncConfig(Section):
     min_windows: int = Field(3, ge=1, description="windows needed before av_desync can open")
 
 
-class EventHeadConfig(Section):
+class EventHeadConfig(_EnterExit):
+    section_name: ClassVar[str] = "event_head"
+
     checkpoint: str | None = Field(None, description="an event_head checkpoint from `avfuse train events`; "
                                                      "its labels become events")
     enter: float = Field(0.6, gt=0, lt=1, description="a label's event opens at this window probability")
     exit: float = Field(0.4, gt=0, lt=1, description="and closes below this one")
 
-    @model_validator(mode="after")
-    def _exit_below_enter(self) -> "EventHeadConfig":
-        if self.exit > self.enter:
-            raise ValueError("event_head.exit must not exceed event_head.enter")
-        return self
 
-
-class SoundTagsConfig(Section):
+class SoundTagsConfig(_EnterExit):
     """AudioSet sound classes from YAMNet (521 classes): sustained classes become events."""
+
+    section_name: ClassVar[str] = "sound_tags"
 
     enabled: bool = Field(True, description="run YAMNet on 0.96 s patches every 0.48 s (profile signal: off)")
     checkpoint: str | None = Field(None, description="a YAMNet-compatible torch state_dict; null: the YAMNet "
@@ -129,18 +140,14 @@ class SoundTagsConfig(Section):
     tag_min: float = Field(0.2, ge=0, le=1, description="the summary's audio_tags count a class's seconds "
                                                         "from this score on (events need enter)")
 
-    @model_validator(mode="after")
-    def _exit_below_enter(self) -> "SoundTagsConfig":
-        if self.exit > self.enter:
-            raise ValueError("sound_tags.exit must not exceed sound_tags.enter")
-        return self
 
-
-class VisualTagsConfig(Section):
+class VisualTagsConfig(_EnterExit):
     """ImageNet tags from EfficientNet-Lite0 on frames sampled apart from the 4 fps signal frames.
 
     ImageNet names objects in photos, not in video: the tags are hints to search by, not truth.
     """
+
+    section_name: ClassVar[str] = "visual_tags"
 
     enabled: bool = Field(True, description="tag sampled frames (profile signal: off)")
     checkpoint: str | None = Field(None, description="an EfficientNet-Lite0 state_dict; null: the weights of the "
@@ -155,12 +162,6 @@ class VisualTagsConfig(Section):
     min_duration_s: float = Field(2.0, ge=0, description="shorter sightings are no event")
     allow: list[str] = Field(default_factory=list, description="only these ImageNet classes; empty: all")
     deny: list[str] = Field(default_factory=list, description="never these ImageNet classes")
-
-    @model_validator(mode="after")
-    def _exit_below_enter(self) -> "VisualTagsConfig":
-        if self.exit > self.enter:
-            raise ValueError("visual_tags.exit must not exceed visual_tags.enter")
-        return self
 
 
 class AVEventsConfig(Section):

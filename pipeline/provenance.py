@@ -6,22 +6,19 @@ another frame rate or other windows would load without error and say nothing tru
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from operators.weights_cache import file_sha256
 from pipeline.config import Config
 
 
 @lru_cache(maxsize=32)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    # Keyed by size and mtime too, so a file rewritten in place is hashed again.
+    return file_sha256(Path(path), "checkpoint")[:16]
 
 
 def _encoder_settings(section: BaseModel) -> dict:

@@ -16,7 +16,6 @@ import torch
 from operators import (
     SignalFeatures,
     VisionEncoder,
-    WindowInput,
     autocast_for,
     build_audio_encoder,
     build_fusion,
@@ -161,7 +160,8 @@ class FusionStage:
         lengths = [len(item) for item in items]
         windows = [w for item in items for w in item.windows]
         # Explicit widths: a batch of video-only windows still has (empty) audio of the right width.
-        batch = collate_windows(windows, self.device, *self.dims)
+        heads = self.sync is not None or self.event_head is not None
+        batch = collate_windows(windows, self.device, *self.dims) if heads or not self.semantic else None
         fusion_batch = batch
         if self.semantic:
             fusion_batch = collate_windows([w for item in items for w in item.semantic], self.device,
