@@ -129,15 +129,25 @@ class Reader:
     """A separate consumer of the output topics, as a downstream user runs one."""
 
     def __init__(self, broker: Broker, topics: list[str], read_committed: bool = True):
+        self.broker, self.topics, self.read_committed = broker, topics, read_committed
+        self._consumer = None
+        self.messages: list = []
+
+    @property
+    def consumer(self):
+        """Subscribed at the first read, once the service has made its topics: a consumer that
+        subscribed to topics not yet made could miss them (once, in CI: 0 records in 180 s).
+        Nothing is lost by waiting: it reads every partition from the earliest offset."""
         from kafka import KafkaConsumer
 
-        self.consumer = KafkaConsumer(*topics, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                                      group_id=None, enable_auto_commit=False, reconnect_backoff_max_ms=1000,
-                                      # Topics the service has not made yet are seen within a second,
-                                      # not at the next refresh five minutes later.
-                                      metadata_max_age_ms=1000,
-                                      isolation_level="read_committed" if read_committed else "read_uncommitted")
-        self.messages: list = []
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                *self.topics, bootstrap_servers=self.broker.bootstrap, auto_offset_reset="earliest",
+                group_id=None, enable_auto_commit=False, reconnect_backoff_max_ms=1000,
+                # Topics made later still are seen within a second, not at the next refresh 5 min later.
+                metadata_max_age_ms=1000,
+                isolation_level="read_committed" if self.read_committed else "read_uncommitted")
+        return self._consumer
 
     def records(self) -> list[dict]:
         return [json.loads(m.value) for m in self.messages]
@@ -153,7 +163,8 @@ class Reader:
         raise AssertionError(f"timed out waiting for {what}; got {len(self.messages)} records")
 
     def close(self) -> None:
-        self.consumer.close()
+        if self._consumer is not None:
+            self._consumer.close()
 
 
 def stream_ends(records: list[dict]) -> dict[str, dict]:
