@@ -1,6 +1,7 @@
 """Ray actors: the thin layer that places decoders and operator stages on resources.
 
-One DecodeActor per stream owns that stream's PyAV container. One StageActor
+A DecodeActor owns the PyAV container of the stream it decodes (one stream at a
+time; runtime's DecoderPool reuses it for the next). One StageActor
 per shared operator (vision, audio, fusion) batches requests from every stream.
 Per-stream state (alignment, detectors, summaries) is not here: it lives in
 the driver's StreamSession, keyed by stream id.
@@ -24,21 +25,40 @@ from pipeline.segments import SegmentPipe
 
 @ray.remote(concurrency_groups={"feed": 1})
 class DecodeActor:
-    """Decodes one stream: a URI, or (``segmented``) the bytes ``feed`` hands it from Kafka.
+    """Decodes one stream at a time: a URI, or (``segmented``) the bytes ``feed`` hands it from Kafka.
+
+    A URI decoder is reused stream after stream (runtime's DecoderPool): ``start`` begins
+    the next stream, so a stream's start skips a worker process's spawn and imports. A
+    segmented decoder is made for its stream (``stream_id`` given here), since its bytes
+    may arrive before any other call.
 
     ``feed`` runs on its own thread (concurrency group): it must get through while
-    ``open`` or ``next_chunk`` wait inside PyAV for more bytes. Those two stay on the
-    default group, one at a time and in the order they were called.
+    ``open`` or ``next_chunk`` wait inside PyAV for more bytes. ``start``, ``open`` and
+    ``next_chunk`` stay on the default group, one at a time and in the order they were called.
     """
 
-    def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None,
-                 segmented: bool = False):
+    def __init__(self, cfg: Config, stream_id: str | None = None, uri: str = "",
+                 open_options: dict[str, str] | None = None, segmented: bool = False):
         logging.getLogger("libav").setLevel(logging.ERROR)
+        self._cfg = cfg
         self._pipe = SegmentPipe() if segmented else None
-        self._decoder = MediaDecoder(stream_id, uri, cfg, open_options, source=self._pipe)
+        self._decoder: MediaDecoder | None = None
         self._chunks: Iterator[MediaChunk] | None = None
+        if stream_id is not None:
+            self.start(stream_id, uri, open_options)
+
+    def start(self, stream_id: str, uri: str, open_options: dict[str, str] | None = None) -> None:
+        """Begin a new stream; whatever the previous one left open is closed first."""
+        self.reset()
+        self._decoder = MediaDecoder(stream_id, uri, self._cfg, open_options, source=self._pipe)
         self._label = metrics.stream_label(stream_id)
         self._errors_counted = 0
+
+    def reset(self) -> None:
+        """Close the current stream's input (an interrupted stream leaves it open)."""
+        self._chunks = None
+        if self._decoder is not None:
+            self._decoder.close()
 
     def open(self) -> StreamInfo:
         info = self._decoder.open()

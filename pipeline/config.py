@@ -48,7 +48,7 @@ class AudioConfig(Section):
 
 
 class DecodeConfig(Section):
-    chunk_s: float = Field(2.0, gt=0, description="media seconds per decoded chunk (fewer, larger batches)")
+    chunk_s: float = Field(4.0, gt=0, description="media seconds per decoded chunk (fewer, larger batches; a live stream's windows wait up to this long)")
     threads: int = Field(0, ge=0, description="PyAV decoder threads; 0 lets FFmpeg choose")
     max_inflight_chunks: int = Field(3, ge=1, description="decoded chunks in flight per stream (bounds memory)")
     realtime: bool = Field(False, description="pace decoding at media speed, as a live source would")
@@ -162,6 +162,7 @@ class VisualTagsConfig(_EnterExit):
     min_duration_s: float = Field(2.0, ge=0, description="shorter sightings are no event")
     allow: list[str] = Field(default_factory=list, description="only these ImageNet classes; empty: all")
     deny: list[str] = Field(default_factory=list, description="never these ImageNet classes")
+    per_scene: int = Field(3, ge=0, le=20, description="tags listed in each scene's `scene` event; 0: no scene events")
 
 
 class AVEventsConfig(Section):

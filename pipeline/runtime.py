@@ -1,6 +1,6 @@
 """The driver: starts Ray, places the shared operator actors, and runs streams through them.
 
-Per stream: a DecodeActor decodes ahead by at most ``decode.max_inflight_chunks``
+Per stream: a DecodeActor (from a pool of idle ones) decodes ahead by at most ``decode.max_inflight_chunks``
 chunks (so memory stays flat on long inputs); each chunk goes by reference to
 the vision and audio actors, the session aligns and detects, and ready windows
 go to the fusion actor. Data flows one way; the only thing flowing back is the
@@ -24,6 +24,7 @@ import torch
 
 from pipeline import metrics
 from pipeline.actors import DecodeActor, StageActor
+from pipeline.decoder_pool import DecoderPool, kill
 from pipeline.config import Config
 from pipeline.decode import sound_patches_wanted
 from pipeline.errors import ClusterLost, OperatorLoadError, StreamOpenError
@@ -83,6 +84,7 @@ class Pipeline:
         self.image_tags = self.operators.get("image_tags")
         self.sound_tags = self.operators.get("sound_tags")
         self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.decoders = DecoderPool(cfg, cfg.runtime.max_concurrent_streams)
 
     async def warm_up(self) -> list[str]:
         """Wait until every operator is loaded; returns their devices, or raises OperatorLoadError."""
@@ -90,6 +92,7 @@ class Pipeline:
             check_rules(self.cfg)
         except ValueError as exc:
             raise OperatorLoadError(None, str(exc)) from None
+        self.decoders.prestart()
         outcomes = await asyncio.gather(*(actor.ready.remote() for actor in self.operators.values()),
                                         return_exceptions=True)
         # Report in pipeline order, not in the order they failed: an encoder's own weights are the
@@ -130,6 +133,7 @@ class Pipeline:
                 raise ClusterLost(stream_id, f"lost the Ray cluster or its operator actors ({lost})") from None
 
     def shutdown(self) -> None:
+        self.decoders.shutdown()
         actors = tuple(self.operators.values())
         try:  # their live gauges (GPU memory) must not outlive them
             pids = ray.get([actor.pid.remote() for actor in actors], timeout=5)
@@ -149,7 +153,7 @@ class Pipeline:
     def segmented_decoder(self, stream_id: str, uri: str):
         """A decode actor for a stream whose bytes the caller feeds (Kafka media segments)."""
         return DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(
-            stream_id, uri, self.cfg, None, True)
+            self.cfg, stream_id, uri, segmented=True)
 
     async def run_stream(self, stream_id: str, uri: str, sink: Sink,
                          on_progress: ProgressFn | None = None, decoder=None, live: bool | None = None,
@@ -162,20 +166,24 @@ class Pipeline:
         slots = self._slots.setdefault(asyncio.get_running_loop(),
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
         async with slots:
-            if decoder is None:
-                decoder = DecodeActor.options(num_cpus=self.cfg.runtime.decode_cpus).remote(
-                    stream_id, uri, self.cfg, open_options)
+            pooled = decoder is None
+            if pooled:
+                decoder = self.decoders.take(stream_id, uri, open_options)
             active = metrics.get().streams_active
             active.inc()
             try:
-                return await self._run_stream(decoder, stream_id, uri, sink, on_progress,
-                                              self.cfg.decode.realtime if live is None else live, stop)
+                result = await self._run_stream(decoder, stream_id, uri, sink, on_progress,
+                                                self.cfg.decode.realtime if live is None else live, stop)
+            except BaseException:  # cancelled, or the cluster is gone: no stream will reuse it
+                kill(decoder)
+                raise
             finally:
                 active.dec()
-                try:
-                    ray.kill(decoder)
-                except Exception:  # a cluster that is gone took the actor with it
-                    log.debug("could not kill the decoder of %s", stream_id, exc_info=True)
+            if pooled:
+                await self.decoders.give_back(decoder)
+            else:
+                kill(decoder)
+            return result
 
     async def _run_stream(self, decoder, stream_id: str, uri: str, sink: Sink,
                           on_progress: ProgressFn | None, live: bool, stop: asyncio.Event | None) -> StreamResult:

@@ -144,6 +144,8 @@ class StreamSession:
             self.events += 1
             self.summary.add_event(event)
             self.sink.write(event, self.media_arrived_wall_s)
+            if event.label == "scene_cut":  # the scene before it ends: its tags as a `scene` event
+                self._emit(self.understanding.on_scene_cut(event.start_s))
 
     # -- fusion ----------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ class TagEventDetector:
         def lineage(i: int) -> set[int]:
             return {i, *vocabulary.ancestors_of(i)}
 
-        self._eligible = np.array([(not allow or bool(lineage(i) & allow)) and not (lineage(i) & deny)
+        self.eligible = np.array([(not allow or bool(lineage(i) & allow)) and not (lineage(i) & deny)
                                    for i in range(n)], dtype=bool)
         self._spans = HysteresisSpans(rules.enter, rules.exit, rules.min_duration_s, max_gap_s=rules.step_s)
         self.last_end_s: float | None = None
@@ -112,7 +112,7 @@ class TagEventDetector:
         closed: list[tuple[int, Span]] = []
         half_s = self.rules.step_s / 2
         for t_s, indices, values in zip(scores.t_s.tolist(), scores.class_index.tolist(), scores.score.tolist()):
-            step = {i: round(v, 3) for i, v in zip(indices, values) if self._eligible[i]}
+            step = {i: round(v, 3) for i, v in zip(indices, values) if self.eligible[i]}
             self.totals.add(step, self.rules.step_s)
             if not self.rules.keep_ancestors:
                 step = self._most_specific(step)

@@ -2,7 +2,8 @@
 
 Per-stream state of the pretrained taggers, kept with the rest of the stream's state in its
 ``StreamSession``: a ``TagEventDetector`` per tagger (``pipeline.tag_events``) and, when both
-run, the ``AVEventDetector`` (``pipeline.av_events``). The taggers' rows also go into the
+run, the ``AVEventDetector`` (``pipeline.av_events``); and the image tags of each scene
+(``pipeline.scene_tags``). The taggers' rows also go into the
 stream's aligner as two more modalities, "sights" (EfficientNet-Lite0 frames) and "sounds"
 (YAMNet patches): their embeddings are the tokens the fusion attends over, and their classes
 what av_events read. A modality the media lacks has no detector and no rows, so its tags are
@@ -20,6 +21,7 @@ from pipeline.config import Config
 from pipeline.decode import StreamInfo, sound_patches_wanted
 from pipeline.media import ClassScores, MediaChunk
 from pipeline.records import Event
+from pipeline.scene_tags import SceneTags
 from pipeline.tag_events import TagEventDetector, TagEventRules
 from pipeline.tag_vocabularies import sight_vocabulary, sound_vocabulary
 
@@ -68,6 +70,12 @@ class Understanding:
         self.sounds_on = "sounds" in modalities and info.audio is not None
         self.sounds = TagEventDetector(stream_id, sound_vocabulary(), sound_rules(cfg)) if self.sounds_on else None
         self.sights = TagEventDetector(stream_id, sight_vocabulary(), sight_rules(cfg)) if self.sights_on else None
+        self.scenes: SceneTags | None = None
+        if self.sights is not None and cfg.visual_tags.per_scene and cfg.detectors.scene_cut.enabled:
+            # Half a second over the cut detector's lookahead: a cut is decided by then.
+            self.scenes = SceneTags(stream_id, sight_vocabulary(), self.sights.eligible, 1.0 / cfg.visual_tags.fps,
+                                    cfg.visual_tags.tag_min, cfg.detectors.scene_cut.min_scene_s + 0.5,
+                                    cfg.visual_tags.per_scene)
         self.av: AVEventDetector | None = None
         if cfg.av_events_on and self.sounds_on and self.sights_on:
             concepts, version = load_concepts(cfg.av_events.concepts, sound_vocabulary(), sight_vocabulary())
@@ -86,6 +94,8 @@ class Understanding:
             if detector is None or scores is None or len(scores) == 0:
                 continue
             events += detector.update(scores)
+            if detector is self.sights and self.scenes is not None:
+                self.scenes.add(scores)
             if not aligner.states[modality].done:  # a modality that gave up: what is flushed later is late
                 aligner.add(modality, TimedRows(scores.t_s, {
                     "tokens": scores.tokens_f32, "class_index": scores.class_index, "score": scores.score}))
@@ -101,6 +111,12 @@ class Understanding:
             aligner.advance(modality, watermark_s)
             if done or not on:
                 aligner.finish(modality)
+        if self.scenes is not None:
+            self.scenes.advance(chunk.video_watermark_s)
+
+    def on_scene_cut(self, t_s: float) -> list[Event]:
+        """A scene cut: the scene before it, with its tags (none without scene tags)."""
+        return self.scenes.cut(t_s) if self.scenes is not None else []
 
     def on_windows(self, windows: list[AlignedWindow]) -> list[Event]:
         return self.av.on_windows(windows) if self.av is not None else []
@@ -111,6 +127,8 @@ class Understanding:
             events += self.sounds.finish(audio_end_s)
         if self.sights is not None:
             events += self.sights.finish(video_end_s)
+        if self.scenes is not None:
+            events += self.scenes.finish(video_end_s)
         if self.av is not None:
             events += self.av.close()
         return events
