@@ -108,7 +108,8 @@ class AVSyncConfig(Section):
     report_confidence: float = Field(0.5, ge=0, le=1, description="summaries give av_offset_s null (unknown) "
                                                                   "for estimates less confident than this")
     horizon_s: float = Field(10.0, gt=0, description="recent windows the running estimate combines")
-    min_windows: int = Field(3, ge=1, description="windows needed before av_desync can open")
+    min_windows: int = Field(3, ge=1, description="windows needed before av_desync can open, and before "
+                                                  "a summary gives av_offset_s")
 
 
 class EventHeadConfig(_EnterExit):

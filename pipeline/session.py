@@ -53,7 +53,8 @@ class StreamSession:
         self.detectors = DetectorBank(stream_id, cfg.detectors, cfg.speech)
         self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
                                       has_video=info.video is not None,
-                                      report_confidence=cfg.av_sync.report_confidence)
+                                      report_confidence=cfg.av_sync.report_confidence,
+                                      report_min_windows=cfg.av_sync.min_windows)
         self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
         self.learned: LearnedEvents | None = None
         self.summary.tags = self.understanding.top_tags

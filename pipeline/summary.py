@@ -19,7 +19,7 @@ _DURATION_FIELDS = {"silence": "silence_s", "black_video": "black_s", "frozen_vi
 
 class SummaryTracker:
     def __init__(self, stream_id: str, every_s: float, top_moments: int, has_video: bool,
-                 report_confidence: float = 0.0):
+                 report_confidence: float = 0.0, report_min_windows: int = 1):
         self.stream_id = stream_id
         self.every_s = every_s
         self.top_moments = top_moments
@@ -33,6 +33,7 @@ class SummaryTracker:
         self.processed_s = 0.0
         self.sync: SyncTracker | None = None  # set by the session once A/V sync reports
         self.report_confidence = report_confidence
+        self.report_min_windows = report_min_windows
         self.tags: Callable[[int], dict[str, list[dict]]] | None = None  # Understanding.top_tags
         self._next_due_s = every_s
 
@@ -55,6 +56,10 @@ class SummaryTracker:
             self._next_due_s += self.every_s
         return self.build(final=False)
 
+    def _reportable(self, sync) -> bool:
+        return (sync is not None and sync.confidence >= self.report_confidence
+                and sync.windows >= self.report_min_windows)
+
     def build(self, final: bool) -> Summary:
         wall_s = time.monotonic() - self.started_wall_s
         sync = self.sync.estimate(whole_stream=final) if self.sync is not None else None
@@ -75,8 +80,9 @@ class SummaryTracker:
                  "confidence": e.confidence, "event_id": e.event_id}
                 for e in sorted(top, key=lambda e: e.start_s)
             ],
-            # Below the calibrated confidence the number is noise: say "unknown", keep the confidence.
-            av_offset_s=sync.offset_s if sync is not None and sync.confidence >= self.report_confidence else None,
+            # Below the calibrated confidence, or on fewer windows than an av_desync needs, the
+            # number is noise (one window of a held-out clip said +0.19 s): say "unknown".
+            av_offset_s=sync.offset_s if self._reportable(sync) else None,
             av_sync_confidence=sync.confidence if sync is not None else None,
             **(self.tags(MAX_TAGS) if self.tags is not None else {}),
         )

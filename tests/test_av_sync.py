@@ -179,28 +179,42 @@ def test_streams_without_both_modalities_report_no_offset(replay, clips):
     assert (both["av_offset_s"] is not None) == (both["av_sync_confidence"] >= 0.5), both
 
 
+class FixedSync:
+    """A SyncTracker's answer, fixed: the summary's reporting rules on their own."""
+
+    def __init__(self, estimate):
+        self._estimate = estimate
+
+    def estimate(self, whole_stream=False):
+        return self._estimate
+
+
 def test_a_low_confidence_offset_is_unknown_not_a_number():
     from pipeline.records import Summary
     from pipeline.sinks import describe
     from pipeline.summary import SummaryTracker
     from pipeline.sync_tracker import SyncEstimate
 
-    class Sync:
-        def __init__(self, estimate):
-            self._estimate = estimate
-
-        def estimate(self, whole_stream=False):
-            return self._estimate
-
     tracker = SummaryTracker("s", 30.0, 5, has_video=True, report_confidence=0.5)
-    tracker.sync = Sync(SyncEstimate(-0.68, 0.27, 12))
+    tracker.sync = FixedSync(SyncEstimate(-0.68, 0.27, 12))
     low = tracker.build(final=True)
     assert low.av_offset_s is None and low.av_sync_confidence == 0.27
     assert "A/V offset unknown (confidence 0.27)" in describe(low)
-    tracker.sync = Sync(SyncEstimate(0.31, 0.8, 12))
+    tracker.sync = FixedSync(SyncEstimate(0.31, 0.8, 12))
     high = tracker.build(final=True)
     assert high.av_offset_s == 0.31 and "A/V offset +0.31s (confidence 0.80)" in describe(high)
     assert isinstance(high, Summary)
+
+
+def test_an_offset_on_fewer_windows_than_an_av_desync_needs_is_unknown():
+    from pipeline.summary import SummaryTracker
+    from pipeline.sync_tracker import SyncEstimate
+
+    tracker = SummaryTracker("s", 30.0, 5, has_video=True, report_confidence=0.5, report_min_windows=3)
+    tracker.sync = FixedSync(SyncEstimate(0.19, 0.9, 2))  # a short clip: two windows, however sure
+    assert tracker.build(final=True).av_offset_s is None
+    tracker.sync = FixedSync(SyncEstimate(0.19, 0.9, 3))
+    assert tracker.build(final=True).av_offset_s == 0.19
 
 
 def test_other_encoders_turn_the_shipped_sync_head_off_but_a_named_one_must_fit(tmp_path, caplog):
