@@ -105,8 +105,9 @@ class AVSyncConfig(Section):
     desync_threshold_s: float = Field(0.08, gt=0, description="av_desync while |offset| exceeds this")
     min_confidence: float = Field(0.8, ge=0, le=1, description="estimates less confident raise no av_desync "
                                                                "(0.8: no false alarm on the in-sync real clips)")
-    report_confidence: float = Field(0.5, ge=0, le=1, description="summaries give av_offset_s null (unknown) "
-                                                                  "for estimates less confident than this")
+    report_confidence: float = Field(0.75, ge=0, le=1, description="summaries give av_offset_s null (unknown) "
+                                                                  "for estimates less confident than this (0.75: "
+                                                                  "calibrated on benchmarks/eval_av_sync)")
     horizon_s: float = Field(10.0, gt=0, description="recent windows the running estimate combines")
     min_windows: int = Field(3, ge=1, description="windows needed before av_desync can open, and before "
                                                   "a summary gives av_offset_s")
