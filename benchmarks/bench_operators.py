@@ -1,4 +1,4 @@
-"""Encoder operators alone: cost per media second and throughput at a fixed batch, no Ray, no decoding.
+"""Encoder operators alone: cost per media second and throughput at a fixed batch, no Ray, no decoding timed.
 
 For each operator and torch thread count (1 and the machine's cores) it prints the
 milliseconds per item (wall), the CPU milliseconds per media second (process CPU
@@ -8,12 +8,15 @@ default vision encoder (mobilenet_v3_small, 128 px, at video.fps) measured in th
 same run, since shared machines drift between runs: 'x mnv3s' per media second,
 '/image' per image. Medians of --repeats calls, taken round-robin over the
 operators after one warm-up call each. Inputs are seeded random frames / audio:
-the cost of these networks does not depend on the content.
+the cost of these networks does not depend on the content. The face detector's
+does (MTCNN's later stages run once per candidate box), so it reads real frames
+of ../shared/media at faces.width, one row per clip (skipped without the clips).
 
     python -m benchmarks.bench_operators [--device cpu|cuda] [--batch 64] [--repeats 5] [--threads 1 2]
 
-On CUDA (--device cuda): bf16 autocast as the pipeline runs it, batch 256 unless
---batch is given, GPU wall time in place of CPU time, no thread sweep.
+On CUDA (--device cuda): bf16 autocast as the pipeline runs it (the face detector
+turns it off for itself: float32), batch 256 unless --batch is given, GPU wall time
+in place of CPU time, no thread sweep.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -32,6 +36,9 @@ from operators import VisionEncoder, build_audio_encoder
 from operators.device import autocast_for, resolve_device
 from operators.efficientnet_lite import load_image_tagger
 from pipeline.config import Config
+
+SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+FACE_CLIPS = ("chaplin.mp4", "nasa_13013.mp4", "big_buck_bunny_0_30.webm")
 
 
 @dataclass
@@ -64,6 +71,51 @@ def audio_input(samples: int) -> Callable[[int, torch.device], torch.Tensor]:
         return (0.1 * torch.randn(batch, samples, generator=g)).clamp_(-1, 1).to(device)
 
     return make
+
+
+def clip_frames_input(clip: Path, fps: float, width: int) -> Callable[[int, torch.device], torch.Tensor]:
+    """The clip's frames at ``fps`` by PTS, ``width`` wide, as the decoder samples faces; repeated to the batch."""
+    import av
+    import numpy as np
+
+    from pipeline.decode import face_frame_size
+
+    frames, last_slot = [], -1
+    with av.open(str(clip)) as container:
+        for frame in container.decode(video=0):
+            slot = int(np.floor(frame.time * fps + 1e-6))
+            if slot > last_slot:
+                last_slot = slot
+                size = face_frame_size(frame.width, frame.height, width)
+                frames.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA"))
+    decoded = torch.from_numpy(np.stack(frames))
+
+    def make(batch: int, device: torch.device) -> torch.Tensor:
+        return decoded[torch.arange(batch) % len(decoded)].to(device)
+
+    return make
+
+
+def face_operators(cfg: Config, notes: list[str]) -> list[Operator]:
+    """The MTCNN face detector on each clip of FACE_CLIPS that is there."""
+    from operators.faces import load_face_detector
+
+    try:
+        detector, source = load_face_detector(cfg.faces.min_probability)
+    except Exception as exc:  # a --no-deps install the venv may lack
+        notes.append(f"FaceDetector skipped: {type(exc).__name__}: {exc}")
+        return []
+    notes.append(f"FaceDetector weights: {source}")
+    ops = []
+    for name in FACE_CLIPS:
+        if not (SHARED_MEDIA / name).is_file():
+            notes.append(f"FaceDetector on {name} skipped: no {SHARED_MEDIA / name}")
+            continue
+        make = clip_frames_input(SHARED_MEDIA / name, cfg.faces.fps, cfg.faces.width)
+        height = make(1, torch.device("cpu")).shape[1]
+        ops.append(Operator(f"FaceDetector mtcnn {cfg.faces.width}x{height} {name.split('.')[0][:10]}", detector,
+                            make, 0.0, (cfg.faces.fps,), "images"))
+    return ops
 
 
 def build_operators(device: torch.device) -> tuple[list[Operator], list[str]]:
@@ -99,6 +151,9 @@ def build_operators(device: torch.device) -> tuple[list[Operator], list[str]]:
             hop_s = PATCH_HOP_SAMPLES / SAMPLE_RATE_HZ
             ops.append(Operator(f"Yamnet {PATCH_SAMPLES}-sample patches", yamnet.to(device).eval(),
                                 audio_input(PATCH_SAMPLES), hop_s, (1.0 / hop_s,), "audio-s"))
+    for op in face_operators(cfg, notes):
+        op.module.to(device)
+        ops.append(op)
     return ops, notes
 
 

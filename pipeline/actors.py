@@ -102,10 +102,11 @@ class DecodeActor:
 
 def _make_stage(kind: str, cfg: Config):
     # Imported here so that only operator actors load torch models.
-    from pipeline import stages, tag_stages
+    from pipeline import asr_stage, face_stage, stages, tag_stages
 
     return {"vision": stages.VisionStage, "audio": stages.AudioStage, "fusion": stages.FusionStage,
-            "image_tags": tag_stages.ImageTagStage, "sound_tags": tag_stages.SoundTagStage}[kind](cfg)
+            "image_tags": tag_stages.ImageTagStage, "sound_tags": tag_stages.SoundTagStage,
+            "faces": face_stage.FaceStage, "asr": asr_stage.AsrStage}[kind](cfg)
 
 
 _MAX_BATCH = {
@@ -114,6 +115,10 @@ _MAX_BATCH = {
     "fusion": lambda cfg: cfg.batching.max_batch_windows,
     "image_tags": lambda cfg: cfg.batching.max_batch_frames,
     "sound_tags": lambda cfg: cfg.batching.max_batch_patches,
+    "faces": lambda cfg: cfg.batching.max_batch_frames,
+    # Speech segments, transcribed one after another (operators/asr.py: batching gained nothing
+    # on the CPU); a batch only groups the requests that arrived together.
+    "asr": lambda cfg: 4,
 }
 
 

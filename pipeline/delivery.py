@@ -10,7 +10,9 @@ transaction, KIP-447 style) and, on a compacted progress topic, how many
 records each open stream has committed so far. A stream's records come in a
 deterministic order, so after a crash the restarted stream, processed again
 from its first message, skips the records it had already committed: a
-``read_committed`` consumer sees every record once. A failed transaction is
+``read_committed`` consumer sees every record once. Transcripts are counted on
+their own: they come in a deterministic order among themselves, but reach the
+sink whenever the ASR stage answers, between any two other records. A failed transaction is
 fatal (the process exits 1); a restart fences the old producer and resumes
 from the last committed transaction.
 """
@@ -26,7 +28,7 @@ from pipeline.config import KafkaConfig
 from pipeline.errors import ServiceError
 from pipeline.kafka_sink import KafkaSink, client_security, make_producer
 from pipeline.kafka_topics import ensure_topics
-from pipeline.records import Record
+from pipeline.records import Record, Transcript
 from pipeline.sinks import Sink
 
 log = logging.getLogger("avfuse.delivery")
@@ -34,13 +36,19 @@ log = logging.getLogger("avfuse.delivery")
 
 @dataclass
 class StreamProgress:
-    records: int = 0  # records of the stream written (exactly-once: committed) so far
+    records: int = 0  # records of the stream written (exactly-once: committed) so far, transcripts aside
     finished: bool = False
     resumed_from: int = 0  # records an earlier run committed: progress never goes below it
+    transcripts: int = 0  # transcript records written so far
+    resumed_transcripts: int = 0
 
     @property
     def committed_records(self) -> int:
         return max(self.records, self.resumed_from)
+
+    @property
+    def committed_transcripts(self) -> int:
+        return max(self.transcripts, self.resumed_transcripts)
 
 
 class DeliveryFailed(ServiceError):
@@ -56,12 +64,19 @@ def _topic_partition_offsets(offsets: dict[tuple[str, int], int]):
 
 
 class _CountingSink:
-    """One stream's view of the shared sink: counts its records, skips the first ``skip``."""
+    """One stream's view of the shared sink: counts its records, skips the first ``skip`` (and
+    the first ``skip_transcripts`` transcripts, counted apart)."""
 
-    def __init__(self, inner: Sink, progress: StreamProgress, skip: int):
+    def __init__(self, inner: Sink, progress: StreamProgress, skip: int, skip_transcripts: int = 0):
         self._inner, self._progress, self._skip = inner, progress, skip
+        self._skip_transcripts = skip_transcripts
 
     def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
+        if isinstance(record, Transcript):
+            self._progress.transcripts += 1
+            if self._progress.transcripts > self._skip_transcripts:
+                self._inner.write(record, arrived_wall_s)
+            return
         self._progress.records += 1
         if self._progress.records > self._skip:
             self._inner.write(record, arrived_wall_s)
@@ -104,19 +119,22 @@ class ExactlyOnce:
         self.producer.init_transactions()  # fences a previous instance and aborts its open transaction
         self.producer.begin_transaction()
         self.sink = KafkaSink(self.producer, cfg, resend_failed=False)
-        self._reported: dict[str, tuple[int, bool]] = {}
+        self._reported: dict[str, tuple[int, int, bool]] = {}
         self._sent_at_last_commit = 0
 
     def stream_sink(self, stream_id: str, shared: Sink) -> Sink:
         committed = self.progress.get(stream_id)
         # A finished stream whose id comes again is a new run, not a resumed one.
-        skip = committed.records if committed is not None and not committed.finished else 0
-        if skip:
-            log.info("resuming: skipping the %d records already committed", skip,
-                     extra={"stream_id": stream_id, "stage": "delivery"})
-        progress = self.progress[stream_id] = StreamProgress(resumed_from=skip)
+        resumed = committed is not None and not committed.finished
+        skip = committed.records if resumed else 0
+        skip_transcripts = committed.transcripts if resumed else 0
+        if skip or skip_transcripts:
+            log.info("resuming: skipping the %d records and %d transcripts already committed", skip,
+                     skip_transcripts, extra={"stream_id": stream_id, "stage": "delivery"})
+        progress = self.progress[stream_id] = StreamProgress(resumed_from=skip,
+                                                             resumed_transcripts=skip_transcripts)
         self._reported.pop(stream_id, None)
-        return _CountingSink(shared, progress, skip)
+        return _CountingSink(shared, progress, skip, skip_transcripts)
 
     def finished(self, stream_id: str) -> None:
         if stream_id in self.progress:
@@ -125,13 +143,14 @@ class ExactlyOnce:
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit one transaction: records so far, progress of changed streams, done offsets."""
         changed = {sid: p for sid, p in self.progress.items()
-                   if self._reported.get(sid) != (p.committed_records, p.finished)}
+                   if self._reported.get(sid) != (p.committed_records, p.committed_transcripts, p.finished)}
         if not offsets and not changed and self.sink.sent == self._sent_at_last_commit:
             return
         try:
             for stream_id, p in changed.items():
                 self.producer.send(self.cfg.topics.progress, key=stream_id.encode(),
                                    value=json.dumps({"records": p.committed_records,
+                                                     "transcripts": p.committed_transcripts,
                                                      "finished": p.finished}).encode())
             if offsets:
                 self.producer.send_offsets_to_transaction(_topic_partition_offsets(offsets),
@@ -144,7 +163,7 @@ class ExactlyOnce:
                                        f"{type(exc).__name__}: {exc}") from exc
         self._sent_at_last_commit = self.sink.sent
         for stream_id, p in changed.items():
-            self._reported[stream_id] = (p.committed_records, p.finished)
+            self._reported[stream_id] = (p.committed_records, p.committed_transcripts, p.finished)
             if p.finished:
                 self.progress.pop(stream_id, None)
         self.producer.begin_transaction()
@@ -174,7 +193,8 @@ def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:
             for messages in consumer.poll(timeout_ms=500).values():
                 for message in messages:
                     value = json.loads(message.value)
-                    progress[message.key.decode()] = StreamProgress(int(value["records"]), bool(value["finished"]))
+                    progress[message.key.decode()] = StreamProgress(int(value["records"]), bool(value["finished"]),
+                                                                    transcripts=int(value.get("transcripts", 0)))
         return progress
     finally:
         consumer.close()

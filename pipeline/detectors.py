@@ -85,6 +85,10 @@ class DetectorBank:
             events += detector.finish(audio_end_s)
         return _in_time_order(events)
 
+    def speech_open_from_s(self) -> float | None:
+        """The start of the speech still open (not yet an event); None when none is, or speech is off."""
+        return self._speech[0].pending_from_s() if self._speech else None
+
     def pending_from_s(self) -> float | None:
         starts = [self._video.pending_from_s()] + [d.pending_from_s() for d in self._audio + self._speech]
         starts = [s for s in starts if s is not None]

@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any
 
 from pipeline.config import KafkaConfig
-from pipeline.records import Error, Event, Record, Window
+from pipeline.records import Error, Event, Record, Transcript, Window
 from pipeline.sinks import PublishMeter
 
 log = logging.getLogger("avfuse.kafka")
@@ -61,6 +61,8 @@ def topic_for(record: Record, cfg: KafkaConfig) -> str:
         return topics.errors
     if isinstance(record, Window):
         return topics.windows
+    if isinstance(record, Transcript):
+        return topics.transcripts
     return topics.summaries  # summaries, and each stream's start and end
 
 

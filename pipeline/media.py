@@ -26,7 +26,8 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 class VideoFrames:
     """Kept video frames of one chunk.
 
-    frames_rgb_u8: [N, H, W, 3] uint8, RGB, already at the encoder's square size.
+    frames_rgb_u8: [N, H, W, 3] uint8, RGB, already at the size of the operator they are for
+                   (the encoders' and the image tagger's squares; faces.width wide for faces).
     pts_s:         [N] float64, presentation time of each frame.
     """
 
@@ -122,6 +123,7 @@ class MediaChunk:
     errors: list[str] = field(default_factory=list)  # one-line reasons of recoverable decode errors
     tag_frames: VideoFrames | None = None  # frames for the image tagger (visual_tags.fps and size)
     audio_patches: AudioPatches | None = None  # patches for the sound tagger
+    face_frames: VideoFrames | None = None  # frames for the face detector (faces.fps and width), when it runs
 
     @property
     def finished(self) -> bool:
@@ -189,6 +191,24 @@ class ClassScores:
     class_index: np.ndarray
     score: np.ndarray
     tokens_f32: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.t_s.shape[0])
+
+
+@dataclass
+class FaceCounts:
+    """Faces-stage output for one chunk's face frames (row i = frame i; operators.faces).
+
+    t_s:             [N] float64, the frame's PTS.
+    count:           [N] int32, faces at or above faces.min_probability.
+    max_probability: [N] float32, the most probable box's MTCNN probability (0 without a box;
+                     MTCNN keeps boxes from 0.7).
+    """
+
+    t_s: np.ndarray
+    count: np.ndarray
+    max_probability: np.ndarray
 
     def __len__(self) -> int:
         return int(self.t_s.shape[0])

@@ -2,8 +2,8 @@
 
 Every record carries ``schema`` ("avfuse.<type>/<version>") and ``stream_id``;
 sinks key Kafka messages by ``stream_id``. Event ids are deterministic (a UUIDv5
-of stream, label and start in milliseconds) so that a replay after a crash
-produces the same ids and consumers can de-duplicate.
+of stream, label and start in milliseconds), and so are transcript ids (stream and
+start), so that a replay after a crash produces the same ids and consumers can de-duplicate.
 """
 
 from __future__ import annotations
@@ -20,9 +20,18 @@ SCHEMA_VERSION = 1  # of every record type whose meaning has not changed since t
 _EVENT_NAMESPACE = uuid.UUID("5b0f3c1e-6a1d-4f5e-9a59-6176667573e1")  # fixed forever: ids depend on it
 
 
+_TRANSCRIPT_NAMESPACE = uuid.uuid5(_EVENT_NAMESPACE, "transcript")  # so no event id is ever a transcript's
+
+
 def event_id(stream_id: str, label: str, start_s: float) -> str:
     start_ms = int(round(start_s * 1000.0))
     return str(uuid.uuid5(_EVENT_NAMESPACE, f"{stream_id}|{label}|{start_ms}"))
+
+
+def transcript_id(stream_id: str, start_s: float) -> str:
+    """A UUIDv5 of the stream and the segment's start in whole milliseconds, as event ids are."""
+    start_ms = int(round(start_s * 1000.0))
+    return str(uuid.uuid5(_TRANSCRIPT_NAMESPACE, f"{stream_id}|{start_ms}"))
 
 
 @dataclass
@@ -71,7 +80,8 @@ class Event(Record):
 class Summary(Record):
     record_type: ClassVar[str] = "summary"
     # 2: audio_tags and visual_tags; av_offset_s is null ("unknown") below av_sync.report_confidence.
-    version: ClassVar[int] = 2
+    # 3: words and languages (speech transcripts).
+    version: ClassVar[int] = 3
     stream_id: str
     final: bool
     processed_s: float  # stream seconds covered so far
@@ -94,6 +104,31 @@ class Summary(Record):
     # [{label, seconds, max_confidence}]: seconds of tagger inputs scoring >= tag_min so far.
     audio_tags: list[dict[str, Any]] = field(default_factory=list)
     visual_tags: list[dict[str, Any]] = field(default_factory=list)
+    # Speech transcripts written so far: their words, and seconds of speech per language code.
+    words: int = 0
+    languages: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Transcript(Record):
+    """What was said in one speech segment (Whisper); times in seconds on the stream clock.
+
+    start_s / end_s: the speech the segment covers (the speech detector's span, or a cut inside
+    a long one); words: [{word, start_s, end_s, probability}], Whisper's word timings.
+    """
+
+    record_type: ClassVar[str] = "transcript"
+    stream_id: str
+    transcript_id: str
+    start_s: float
+    end_s: float
+    text: str
+    language: str
+    language_probability: float
+    words: list[dict[str, Any]]
+    avg_logprob: float
+    no_speech_prob: float
+    model: str
 
 
 @dataclass
@@ -127,7 +162,9 @@ class Window(Record):
     record_type: ClassVar[str] = "window"
     # 2: the embedding fuses the taggers' tokens in the pretrained profile (tokens_from);
     # sight_tokens / sound_tokens; missing may name "sights" and "sounds".
-    version: ClassVar[int] = 2
+    # 3: faces (the most faces in one of the window's face frames); missing may name "faces";
+    # text (what was heard and seen, for a vector database to index).
+    version: ClassVar[int] = 3
     stream_id: str
     index: int
     start_s: float
@@ -141,10 +178,12 @@ class Window(Record):
     sight_tokens: int = 0  # EfficientNet-Lite0 frames in the window
     sound_tokens: int = 0  # YAMNet patches (centres) in the window
     tokens_from: str = "encoders"  # what the fusion read: "taggers" (sights + sounds) or "encoders"
+    faces: int | None = None  # most faces in one face frame of the window; None: faces off, or no such frame
+    text: str | None = None  # "heard: Music, Piano; seen: crutch"; None: no tag in the window (or no taggers)
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window)
+    cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window, Transcript)
 }
 
 

@@ -3,8 +3,10 @@
 Per stream: a DecodeActor (from a pool of idle ones) decodes ahead by at most ``decode.max_inflight_chunks``
 chunks (so memory stays flat on long inputs); each chunk goes by reference to
 the vision and audio actors, the session aligns and detects, and ready windows
-go to the fusion actor. Data flows one way; the only thing flowing back is the
-bounded number of outstanding decode requests (backpressure).
+go to the fusion actor. The speech segments the session cuts go to the ASR actor
+as tasks of their own (``pipeline/transcripts.py``), so the pump never waits on
+them but past a bound. Data flows one way; the only thing flowing back is the
+bounded number of outstanding decode and transcript requests (backpressure).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from pipeline import metrics
 from pipeline.actors import DecodeActor, StageActor
+from pipeline.asr_stage import transcripts_off_reason, transcripts_wanted
 from pipeline.decoder_pool import DecoderPool, kill
 from pipeline.config import Config
 from pipeline.decode import sound_patches_wanted
@@ -31,6 +34,7 @@ from pipeline.errors import ClusterLost, OperatorLoadError, StreamOpenError
 from pipeline.records import Error, StreamEnd
 from pipeline.session import StreamSession
 from pipeline.sinks import Sink
+from pipeline.transcripts import TranscriptRequests
 from pipeline.understanding import check_rules
 
 log = logging.getLogger("avfuse.runtime")
@@ -78,11 +82,17 @@ class Pipeline:
         kinds = ["vision", "audio", "fusion"]
         kinds += ["image_tags"] if cfg.visual_tags.enabled else []
         kinds += ["sound_tags"] if sound_patches_wanted(cfg) else []
+        kinds += ["faces"] if cfg.faces.enabled else []
+        if transcripts_off_reason(cfg) is not None:
+            log.warning("speech transcripts off: %s", transcripts_off_reason(cfg))
+        kinds += ["asr"] if transcripts_wanted(cfg) else []
         # In pipeline order: warm-up reports the first that failed, an encoder before the heads behind it.
         self.operators = {kind: StageActor.options(**placement).remote(kind, cfg, threads) for kind in kinds}
         self.vision, self.audio, self.fusion = (self.operators[k] for k in ("vision", "audio", "fusion"))
         self.image_tags = self.operators.get("image_tags")
         self.sound_tags = self.operators.get("sound_tags")
+        self.faces = self.operators.get("faces")
+        self.asr = self.operators.get("asr")
         self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.decoders = DecoderPool(cfg, cfg.runtime.max_concurrent_streams)
 
@@ -197,12 +207,13 @@ class Pipeline:
             sink.write(StreamEnd(stream_id, "failed", reason, 0.0, 0.0, 0, 0, 0, 0))
             return StreamResult(stream_id, uri, "failed", reason, 0.0, 0.0, 0)
         session = StreamSession(stream_id, uri, self.cfg, info, sink)
+        transcripts = TranscriptRequests(self.asr, session) if self.asr is not None and session.segmenter else None
         if on_progress is not None:
             on_progress(stream_id, 0.0, info.duration_s)  # the stream's clock starts now
         status, reason = "ok", None
         lost: ClusterLost | None = None
         try:
-            stopped = await self._pump(decoder, session, info.duration_s, on_progress, live, stop)
+            stopped = await self._pump(decoder, session, info.duration_s, on_progress, live, stop, transcripts)
             reason = "stopped before its end" if stopped else _truncation(session.processed_s, info.duration_s)
             if stopped:
                 status = "interrupted"
@@ -228,15 +239,21 @@ class Pipeline:
                     session.decode_errors = counters["decode_errors"]
                 except (ray.exceptions.RayError, asyncio.TimeoutError, asyncio.CancelledError):
                     pass
+                if transcripts is not None:  # the final summary counts their words
+                    session.close_speech()
+                    await _finish_transcripts(transcripts, session)
                 end = session.close(status, reason)
                 self.audio.forget.remote(stream_id)  # fire and forget: nothing waits on it
+            elif transcripts is not None:
+                transcripts.cancel()
             sink.flush()
         if lost is not None:
             raise lost
         return StreamResult(stream_id, uri, status, reason, end.processed_s, end.wall_s, end.events)
 
     async def _pump(self, decoder, session: StreamSession, duration_s: float | None,
-                    on_progress: ProgressFn | None, live: bool, stop: asyncio.Event | None) -> bool:
+                    on_progress: ProgressFn | None, live: bool, stop: asyncio.Event | None,
+                    transcripts: TranscriptRequests | None = None) -> bool:
         """Decode, encode, align and fuse until the stream ends; True if ``stop`` ended it first."""
         m = metrics.get()
         inflight_gauge = {stage: m.inflight.labels(stage) for stage in ("decode", "vision", "audio", "fusion")}
@@ -255,13 +272,18 @@ class Pipeline:
                     inflight_gauge["decode"].inc()
                 # The chunk travels by reference: each encoder reads it from the object store.
                 with _inflight(inflight_gauge["vision"]), _inflight(inflight_gauge["audio"]):
-                    video, audio, sights, sounds = await asyncio.gather(
+                    video, audio, sights, sounds, faces = await asyncio.gather(
                         self.vision.submit.remote(chunk_ref, "video"),
                         self.audio.submit.remote(chunk_ref, "audio"),
                         _submit_if(self.image_tags, chunk_ref, "tag_frames"),
-                        _submit_if(self.sound_tags, chunk_ref, "audio_patches"))
+                        _submit_if(self.sound_tags, chunk_ref, "audio_patches"),
+                        _submit_if(self.faces, chunk_ref, "face_frames"))
                 session.on_tags(chunk, sights, sounds)
+                session.on_faces(faces)
                 windows = session.on_chunk(chunk, video, audio)
+                if transcripts is not None:  # waits only when too many of the stream's segments are out
+                    for segment in session.take_speech_segments():
+                        await transcripts.submit(segment)
                 if windows:
                     started = time.perf_counter()
                     with _inflight(inflight_gauge["fusion"]):
@@ -281,8 +303,19 @@ class Pipeline:
         return False
 
 
+async def _finish_transcripts(transcripts: TranscriptRequests, session: StreamSession) -> None:
+    """Submit the stream's last speech segments and wait for every transcript (bounded)."""
+    try:
+        for segment in session.take_speech_segments():
+            await transcripts.submit(segment)
+    except asyncio.CancelledError:  # interrupted: end the stream with what was transcribed
+        pass
+    await transcripts.drain()
+
+
 async def _submit_if(actor, chunk_ref, part: str):
-    """The tagger's answer for one part of the chunk; None when that tagger does not run."""
+    """An optional operator's answer (a tagger's, the faces') for one part of the chunk; None when it
+    does not run."""
     return None if actor is None else await actor.submit.remote(chunk_ref, part)
 
 

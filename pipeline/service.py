@@ -32,6 +32,7 @@ from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from pipeline import egress, metrics
+from pipeline.asr_stage import transcripts_wanted
 from pipeline.config import Config
 from pipeline.delivery import Committer
 from pipeline.errors import ClusterLost, ServiceError
@@ -154,7 +155,8 @@ class Service:
         try:
             await self._on_consumer(ensure_topics, self.cfg.kafka, [
                 *(self.topics[name] for name in self.cfg.kafka.consume), t.events, t.summaries, t.errors,
-                *([t.windows] if self.cfg.records.windows else [])])
+                *([t.windows] if self.cfg.records.windows else []),
+                *([t.transcripts] if transcripts_wanted(self.cfg) else [])])
             self.consumer = await self._on_consumer(self._make_consumer)
             self.committer = await self._on_consumer(Committer.create, self.cfg.kafka, self.consumer)
         except KafkaError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Protocol
 
 from pipeline import metrics
-from pipeline.records import Error, Event, Record, StreamEnd, StreamStart, Summary
+from pipeline.records import Error, Event, Record, StreamEnd, StreamStart, Summary, Transcript
 
 
 class Sink(Protocol):
@@ -97,7 +97,10 @@ def describe(record: Record) -> str | None:
         return (f"[{record.stream_id}] {kind}: {record.processed_s:.1f}s at {record.speed_x_realtime:.1f}x realtime; "
                 f"{counts}; silence {record.silence_s:.1f}s, black {record.black_s:.1f}s, "
                 f"frozen {record.frozen_s:.1f}s, speech {record.speech_s:.1f}s, scenes {record.scenes}"
-                + _av_offset(record) + _tags("heard", record.audio_tags) + _tags("seen", record.visual_tags))
+                + _av_offset(record) + _tags("heard", record.audio_tags) + _tags("seen", record.visual_tags)
+                + (f"; {record.words} words spoken" if record.words else ""))
+    if isinstance(record, Transcript):
+        return f'[{record.stream_id}] {record.start_s:.1f}\u2013{record.end_s:.1f} s  "{record.text}"'
     if isinstance(record, StreamStart):
         return f"[{record.stream_id}] start    {record.uri}"
     if isinstance(record, StreamEnd):

@@ -35,6 +35,8 @@ class SummaryTracker:
         self.report_confidence = report_confidence
         self.report_min_windows = report_min_windows
         self.tags: Callable[[int], dict[str, list[dict]]] | None = None  # Understanding.top_tags
+        self.words = 0
+        self.language_s: Counter[str] = Counter()
         self._next_due_s = every_s
 
     def add_event(self, event: Event) -> None:
@@ -42,6 +44,10 @@ class SummaryTracker:
         if event.label in _DURATION_FIELDS:
             self.durations_s[_DURATION_FIELDS[event.label]] += max(0.0, event.end_s - event.start_s)
         self.events.append(event)
+
+    def add_transcript(self, words: int, language: str, seconds: float) -> None:
+        self.words += words
+        self.language_s[language] += seconds
 
     def add_windows(self, emitted: int, partial: int) -> None:
         self.windows += emitted
@@ -85,4 +91,6 @@ class SummaryTracker:
             av_offset_s=sync.offset_s if self._reportable(sync) else None,
             av_sync_confidence=sync.confidence if sync is not None else None,
             **(self.tags(MAX_TAGS) if self.tags is not None else {}),
+            words=self.words,
+            languages={code: round(s, 3) for code, s in sorted(self.language_s.items(), key=lambda kv: -kv[1])},
         )

@@ -65,20 +65,21 @@ class SyncTracker:
         self._total: _Evidence | None = None  # every window so far, in constant memory
         self._open: dict | None = None  # the av_desync being built
 
-    def add(self, start_s: float, end_s: float, probs: np.ndarray, visible: bool = True) -> list[Event]:
+    def add(self, start_s: float, end_s: float, probs: np.ndarray, evidence: bool = True) -> list[Event]:
         """One window's [M + 1] probabilities (lags, no match); returns av_desync events that ended.
 
-        ``visible``: the window's picture shows something that moves. A black or frozen picture
-        cannot be in or out of step with its sound, whatever the head believes there (on real
-        footage it believed in offsets that were not), so such a window adds no evidence; an
-        open av_desync still runs through it.
+        ``evidence``: whether the window can tell (the session decides): its picture shows
+        something that moves, and both modalities fill it. A black or frozen picture cannot be
+        in or out of step with its sound, whatever the head believes there (on real footage it
+        believed in offsets that were not), and a window past the media's end holds a fraction
+        of one; such a window adds nothing, while an open av_desync still runs through it.
         """
-        if visible:
+        if evidence:
             lag_probs = np.asarray(probs[:-1], np.float64)
             log_p = np.log(np.maximum(lag_probs / max(lag_probs.sum(), _LOG_FLOOR), _LOG_FLOOR))
-            evidence = _Evidence.of(log_p, float(np.clip(probs[-1], 0.0, 1.0)))
-            self._recent.append((end_s, evidence))
-            self._total = evidence if self._total is None else self._total + evidence
+            window = _Evidence.of(log_p, float(np.clip(probs[-1], 0.0, 1.0)))
+            self._recent.append((end_s, window))
+            self._total = window if self._total is None else self._total + window
         while self._recent and self._recent[0][0] <= end_s - self.cfg.horizon_s:
             self._recent.popleft()
         return self._update_events(start_s, end_s)

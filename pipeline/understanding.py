@@ -118,6 +118,24 @@ class Understanding:
         """A scene cut: the scene before it, with its tags (none without scene tags)."""
         return self.scenes.cut(t_s) if self.scenes is not None else []
 
+    def window_text(self, window: AlignedWindow, per_modality: int = 5) -> str | None:
+        """What the window's tags say, as text a vector database can index: "heard: Music,
+        Piano; seen: crutch" (per tagger its best classes at or above tag_min, allow/deny applied)."""
+        parts = []
+        for modality, verb, detector in (("sounds", "heard", self.sounds), ("sights", "seen", self.sights)):
+            rows = window.rows.get(modality)
+            if detector is None or rows is None or len(rows) == 0:
+                continue
+            best: dict[int, float] = {}
+            for indices, scores in zip(rows.columns["class_index"].tolist(), rows.columns["score"].tolist()):
+                for i, score in zip(indices, scores):
+                    if detector.eligible[i] and round(score, 3) >= detector.rules.tag_min:
+                        best[i] = max(best.get(i, 0.0), score)
+            ranked = sorted(best, key=lambda i: (-best[i], i))[:per_modality]
+            if ranked:
+                parts.append(f"{verb}: " + ", ".join(detector.vocabulary.names[i] for i in ranked))
+        return "; ".join(parts) or None
+
     def on_windows(self, windows: list[AlignedWindow]) -> list[Event]:
         return self.av.on_windows(windows) if self.av is not None else []
 

@@ -7,6 +7,7 @@ are cached under ``$AVFUSE_CACHE_DIR`` (default ``~/.cache/avfuse``) by the sour
 from __future__ import annotations
 
 from operators.checkpoint import CheckpointError
+from pipeline.asr_stage import transcripts_wanted
 from pipeline.config import Config
 
 
@@ -28,10 +29,24 @@ def _visual_tags(cfg: Config) -> str:
            f"sha256 {PACKAGED_SHA256})"
 
 
+def _faces(cfg: Config) -> str:
+    from operators.faces import PACKAGE, PACKAGE_VERSION, PACKAGED_FILES, packaged_weights_paths
+
+    paths = packaged_weights_paths()
+    hashes = ", ".join(f"{path.name} sha256 {PACKAGED_FILES[name][1]}" for name, path in paths.items())
+    return f"{paths['pnet'].parent} (MTCNN, {PACKAGE} {PACKAGE_VERSION} wheel: {hashes})"
+
+
 def _av_sync(cfg: Config) -> str:
     from operators.weights import sync_checkpoint_path
 
     return sync_checkpoint_path(cfg.av_sync.checkpoint)
+
+
+def _asr(cfg: Config) -> str:
+    from operators.asr_models import describe_whisper
+
+    return describe_whisper(cfg.asr.model)
 
 
 def weight_lines(cfg: Config) -> list[str]:
@@ -41,8 +56,12 @@ def weight_lines(cfg: Config) -> list[str]:
         sources.append(("sound_tags", _sound_tags))
     if cfg.visual_tags.enabled:
         sources.append(("visual_tags", _visual_tags))
+    if cfg.faces.enabled:
+        sources.append(("faces", _faces))
     if cfg.av_sync.enabled:
         sources.append(("av_sync", _av_sync))
+    if transcripts_wanted(cfg):
+        sources.append(("asr", _asr))
     lines = ["# weights, by the models this config runs:"]
     for name, where in sources:
         try:

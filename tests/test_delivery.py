@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from pipeline.delivery import StreamProgress, _CountingSink
-from pipeline.records import Event
+from pipeline.records import Event, Transcript, transcript_id
 from pipeline.sinks import JsonlSink
 
 
@@ -35,3 +35,23 @@ def test_a_new_stream_writes_everything():
     assert progress.committed_records == 0
     progress.records = 4
     assert progress.committed_records == 4
+
+
+def _transcript(start_s: float) -> Transcript:
+    return Transcript("cam", transcript_id("cam", start_s), start_s, start_s + 1.0, f"said at {start_s}", "en", 1.0,
+                      [], -0.2, 0.01, "tiny.en")
+
+
+def test_transcripts_are_counted_apart_so_their_timing_cannot_shift_what_is_skipped(tmp_path):
+    # The ASR stage answers whenever it is done: an earlier run may have written its transcripts
+    # between other records than this one does. Each kind comes in a fixed order of its own.
+    out = JsonlSink(tmp_path / "r.jsonl")
+    progress = StreamProgress(resumed_from=2, resumed_transcripts=1)
+    sink = _CountingSink(out, progress, skip=2, skip_transcripts=1)
+    events, said = _events(4), [_transcript(float(i)) for i in range(3)]
+    for record in (said[0], events[0], said[1], events[1], events[2], said[2], events[3]):
+        sink.write(record)
+    out.close()
+    written = [(r["type"], r["start_s"]) for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())]
+    assert written == [("transcript", 1.0), ("event", 2.0), ("transcript", 2.0), ("event", 3.0)]
+    assert (progress.committed_records, progress.committed_transcripts) == (4, 3)

@@ -19,6 +19,8 @@ DOCKERFILE = REPO / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PINS = {re.split(r"[\[=<>!~ ]", d, maxsplit=1)[0].lower(): d.split("==")[1].strip()
         for d in PYPROJECT["project"]["dependencies"] if "==" in d}
+# Packages installed without their dependencies (their own pins clash with pyproject's): the Makefile's.
+NO_DEPS_PINS = dict(re.findall(r"--no-deps\s+([A-Za-z][\w.\-]*)==([\w.+]+)", (REPO / "Makefile").read_text()))
 
 
 def parse_dockerfile(text: str) -> list[tuple[str, str]]:
@@ -100,12 +102,21 @@ def test_every_version_the_dockerfile_pins_is_pyprojects():
     for name, version in pinned.items():
         if name == "setuptools":
             assert version in build_backend, f"setuptools=={version} outside build-system {build_backend}"
+        elif name in NO_DEPS_PINS:
+            assert NO_DEPS_PINS[name] == version, f"Dockerfile {name}=={version}, Makefile {NO_DEPS_PINS[name]}"
         elif name != "pip":
             assert PINS.get(name.lower()) == version, f"Dockerfile {name}=={version}, pyproject {PINS.get(name)}"
     for name in ("torch", "torchaudio", "torchvision"):
         # The CPU index's wheels carry +cpu; pyproject's pin must accept them, or `pip install .`
         # would replace them with the CUDA build.
         assert f"{PINS[name]}+cpu" in SpecifierSet(f"=={PINS[name]}"), f"{name}=={PINS[name]} rejects +cpu"
+
+
+def test_the_image_installs_what_the_makefile_installs_without_dependencies():
+    assert NO_DEPS_PINS, "the Makefile installs no package with --no-deps"
+    for name, version in NO_DEPS_PINS.items():
+        assert any(re.search(rf"pip install [^;&|]*--no-deps [^;&|]*{re.escape(name)}=={re.escape(version)}", r)
+                   for r in run_commands()), f"the Dockerfile does not install {name}=={version} with --no-deps"
 
 
 def test_cpu_variant_takes_torch_from_the_cpu_index():

@@ -7,10 +7,10 @@ import pytest
 
 from pipeline.config import ConfigError, KafkaConfig, config_to_yaml, load_config
 from pipeline.kafka_sink import client_security, headers_for, topic_for
-from pipeline.records import RECORD_TYPES, Error, Event, StreamEnd, StreamStart, Summary, Window
+from pipeline.records import RECORD_TYPES, Error, Event, StreamEnd, StreamStart, Summary, Transcript, Window
 
 TOPICS = {"jobs": "t.jobs", "media": "t.media", "events": "t.events", "summaries": "t.summaries",
-          "errors": "t.errors", "windows": "t.windows", "progress": "t.progress"}
+          "errors": "t.errors", "windows": "t.windows", "progress": "t.progress", "transcripts": "t.transcripts"}
 
 
 def _records() -> dict[str, object]:
@@ -28,6 +28,9 @@ def _records() -> dict[str, object]:
                                     video=None, audio=None),
         "stream_end": StreamEnd(stream_id="cam-01", status="ok", reason=None, processed_s=12.0, wall_s=3.0,
                                 events=5, frames_decoded=300, frames_kept=48, decode_errors=0),
+        "transcript": Transcript(stream_id="cam-01", transcript_id="4c19df7b-c5fe-5f32-a96e-b3168724c55e",
+                                 start_s=1.0, end_s=2.5, text="Hello.", language="en", language_probability=1.0,
+                                 words=[], avg_logprob=-0.1, no_speech_prob=0.0, model="tiny.en"),
     }
 
 
@@ -38,6 +41,7 @@ def _records() -> dict[str, object]:
     ("summary", "t.summaries"),
     ("stream_start", "t.summaries"),
     ("stream_end", "t.summaries"),
+    ("transcript", "t.transcripts"),
 ])
 def test_each_record_type_goes_to_its_configured_topic(record_type, topic):
     cfg = KafkaConfig(topics=TOPICS)
@@ -49,11 +53,12 @@ def test_default_topics_keep_record_kinds_apart():
     cfg = KafkaConfig()
     topics = {kind: topic_for(record, cfg) for kind, record in _records().items()}
 
-    assert len({topics["event"], topics["error"], topics["window"], topics["summary"]}) == 4
+    assert len({topics["event"], topics["error"], topics["window"], topics["summary"], topics["transcript"]}) == 5
     assert topics["stream_start"] == topics["stream_end"] == topics["summary"]
 
 
-@pytest.mark.parametrize("record_type", ["event", "error", "window", "summary", "stream_start", "stream_end"])
+@pytest.mark.parametrize("record_type", ["event", "error", "window", "summary", "stream_start", "stream_end",
+                                         "transcript"])
 def test_headers_name_the_schema_its_version_and_json_content(record_type):
     headers = headers_for(_records()[record_type])
 

@@ -17,9 +17,11 @@ from pipeline.records import (
     StreamEnd,
     StreamStart,
     Summary,
+    Transcript,
     Window,
     event_id,
     schema_for,
+    transcript_id,
 )
 
 
@@ -91,6 +93,7 @@ def _samples():
             fatal=False,
             at=1_760_000_041.7,
         ),
+        "transcript": _transcript(),
         "window": Window(
             stream_id="cam-01",
             index=7,
@@ -104,6 +107,25 @@ def _samples():
             signals={"peak_luma": 0.71, "peak_luma_s": 8.25, "peak_dbfs": None, "peak_dbfs_s": None},
         ),
     }
+
+
+def _transcript(**overrides) -> Transcript:
+    kwargs = dict(
+        stream_id="cam-01",
+        transcript_id=transcript_id("cam-01", 12.3),
+        start_s=12.3,
+        end_s=15.8,
+        text="Turn left at the next junction.",
+        language="en",
+        language_probability=0.98,
+        words=[{"word": "Turn", "start_s": 12.31, "end_s": 12.6, "probability": 0.91},
+               {"word": "left", "start_s": 12.6, "end_s": 12.9, "probability": 0.97}],
+        avg_logprob=-0.21,
+        no_speech_prob=0.02,
+        model="tiny.en",
+    )
+    kwargs.update(overrides)
+    return Transcript(**kwargs)
 
 
 def _roundtrip(record) -> dict:
@@ -225,6 +247,27 @@ def test_error_with_unknown_stage_or_multiline_reason_is_rejected():
     assert _errors("error", data)
 
 
+def test_transcript_with_empty_text_a_bad_word_or_a_positive_logprob_is_rejected():
+    assert _errors("transcript", _roundtrip(_transcript(text="")))
+    assert _errors("transcript", _roundtrip(_transcript(avg_logprob=0.5)))
+    assert _errors("transcript", _roundtrip(_transcript(no_speech_prob=1.5)))
+    data = _roundtrip(_transcript())
+    del data["words"][0]["probability"]
+    assert _errors("transcript", data)
+    data = _roundtrip(_transcript())
+    data["words"][1]["speaker"] = "A"
+    assert _errors("transcript", data)
+
+
+def test_summary_counts_words_and_seconds_per_language():
+    data = _roundtrip(_samples()["summary"])
+    assert data["words"] == 0 and data["languages"] == {}
+    data["words"], data["languages"] = 42, {"en": 12.5, "de": 3.0}
+    assert _errors("summary", data) == []
+    data["languages"] = {"en": -1.0}
+    assert _errors("summary", data)
+
+
 def test_negative_times_are_rejected():
     data = _roundtrip(_event(start_s=-0.5))
     assert _errors("event", data)
@@ -245,3 +288,10 @@ def test_event_id_is_deterministic_and_depends_on_stream_label_and_start_ms():
     assert event_id("cam-01", "scene_cut", 12.3446) == base
     # An explicit id is kept, so a replayed record keeps its id.
     assert _event(event_id=base, start_s=99.0).event_id == base
+
+
+def test_transcript_id_is_deterministic_per_stream_and_start_ms_and_never_an_event_id():
+    base = transcript_id("cam-01", 12.3)
+    assert uuid.UUID(base).version == 5 and transcript_id("cam-01", 12.3004) == base
+    assert transcript_id("cam-01", 12.301) != base and transcript_id("cam-02", 12.3) != base
+    assert base != event_id("cam-01", "transcript", 12.3)

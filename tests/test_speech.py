@@ -274,11 +274,11 @@ CLIP_S = 8.0
 SENTENCE = "Speech activity starts here, and it ends a few seconds later."
 
 
-def spoken_sentence() -> np.ndarray:
-    """espeak-ng's sentence as 16 kHz mono float32."""
+def spoken_sentence(text: str = SENTENCE, *espeak_args: str) -> np.ndarray:
+    """espeak-ng saying ``text`` (with ``espeak_args``, e.g. a voice and speed) as 16 kHz mono float32."""
     espeak = shutil.which("espeak-ng")
     assert espeak, "espeak-ng missing: `make test-tools` installs Debian's espeak-ng package"
-    wav = subprocess.run([espeak, "--stdout", SENTENCE], capture_output=True, check=True).stdout
+    wav = subprocess.run([espeak, *espeak_args, "--stdout", text], capture_output=True, check=True).stdout
     resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE_HZ)
     with av.open(io.BytesIO(wav)) as container:
         parts = [out.to_ndarray()[0] for frame in container.decode(audio=0) for out in resampler.resample(frame)]
@@ -306,12 +306,18 @@ def write_talk_clip(path) -> tuple[float, float]:
     at = int(SPEECH_AT_S * RATE_HZ)
     audio[at:at + len(speech)] = speech
     on_s, off_s = voiced_span_s(speech)
+    mux_with_video(path, audio, CLIP_S)
+    return SPEECH_AT_S + on_s, SPEECH_AT_S + off_s
+
+
+def mux_with_video(path, audio: np.ndarray, clip_s: float) -> None:
+    """``audio`` (16 kHz mono float32) as AAC beside a 10 fps H.264 picture of changing grey, muxed by PTS."""
     with av.open(str(path), mode="w") as container:
         video = container.add_stream("libx264", rate=10)
         video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
         video.options = {"preset": "ultrafast"}
         sound = container.add_stream("aac", rate=RATE_HZ, layout="mono")
-        items = [(i / 10, "video", i) for i in range(int(CLIP_S * 10))]
+        items = [(i / 10, "video", i) for i in range(int(clip_s * 10))]
         items += [(start / RATE_HZ, "audio", start) for start in range(0, len(audio), 1024)]
         for _, kind, index in sorted(items):
             if kind == "video":
@@ -325,7 +331,6 @@ def write_talk_clip(path) -> tuple[float, float]:
                 container.mux(sound.encode(frame))
         for stream in (video, sound):
             container.mux(stream.encode(None))
-    return SPEECH_AT_S + on_s, SPEECH_AT_S + off_s
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ def test_records_with_tags_validate_against_their_schemas(real_clips):
     for record in real_clips.records:
         jsonschema.validate(record, schema_for(record["type"]))
     summary = final_summary(real_clips, "chaplin.mp4")
-    assert summary["schema"] == "avfuse.summary/2" and summary["visual_tags"]
+    assert summary["schema"] == "avfuse.summary/3" and summary["visual_tags"]
 
 
 def test_window_embeddings_fuse_the_taggers_and_find_windows_of_the_same_content(real_clips):
@@ -88,6 +88,18 @@ def test_window_embeddings_fuse_the_taggers_and_find_windows_of_the_same_content
     np.fill_diagonal(same, False)
     different = clip[:, None] != clip[None, :]
     assert similarity[same].mean() > similarity[different].mean() + 0.05
+
+
+def test_window_text_names_what_was_heard_and_seen_there(real_clips):
+    windows = [w for w in real_clips.of("window", "chaplin.mp4") if not w["missing"]]
+    assert windows and all(w["text"] for w in windows)
+    # chaplin's piano score is in every full window, and what is seen is among its visual tags.
+    assert all(w["text"].startswith("heard: Music") for w in windows), [w["text"] for w in windows]
+    seen_tags = {t["label"] for t in final_summary(real_clips, "chaplin.mp4")["visual_tags"]}
+    assert len(seen_tags) < 10  # so the summary lists every class that reached tag_min
+    for window in windows:
+        seen = window["text"].split("; seen: ")[1].split(", ") if "; seen: " in window["text"] else []
+        assert set(seen) <= seen_tags, window["text"]
 
 
 def test_a_parent_class_is_not_a_second_event_for_the_same_sound(real_clips):
@@ -166,6 +178,6 @@ def test_the_signal_profile_runs_no_tagger(pipeline):
 
 def test_the_pretrained_profile_says_where_its_weights_came_from(pretrained_pipeline):
     sources = asyncio.run(pretrained_pipeline.weights())
-    assert set(sources) == {"image_tags", "sound_tags"}
+    assert set(sources) == {"image_tags", "sound_tags", "asr"}
     assert "YamNet_w8a8.onnx.zip" in sources["sound_tags"]
     assert "efficientnet-lite0" in sources["image_tags"]
