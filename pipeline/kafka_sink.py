@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from pipeline.config import KafkaConfig
 from pipeline.records import Error, Event, Record, Transcript, Window
 from pipeline.sinks import PublishMeter
@@ -96,8 +98,15 @@ class KafkaSink:
 
     def _send(self, record: Record, arrived_wall_s: float | None) -> None:
         handed_wall_s = time.time()
-        future = self._producer.send(topic_for(record, self._cfg), key=record.stream_id.encode(),
-                                     value=record.to_json().encode(), headers=headers_for(record))
+        try:
+            future = self._producer.send(topic_for(record, self._cfg), key=record.stream_id.encode(),
+                                         value=record.to_json().encode(), headers=headers_for(record))
+        except KafkaError as exc:
+            # Refused before it was handed over (no metadata within max_block_ms: the broker is
+            # away). It holds a slot like a record that failed later: without this, the slot
+            # leaked and flush() waited for it for ever.
+            self._on_error(record, arrived_wall_s, exc)
+            return
         self.sent += 1
         future.add_callback(self._on_ack, record, handed_wall_s, arrived_wall_s)
         future.add_errback(self._on_error, record, arrived_wall_s)
