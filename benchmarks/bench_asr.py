@@ -2,7 +2,7 @@
 
 The speech is real: the narration of ../shared/media/nasa_13013.mp4 (0.7-12.2 s), repeated to
 ``--seconds`` of continuous talk with its own sentence pauses. It is cut as the pipeline cuts it
-(silero-vad, the speech detector, pipeline/speech_segments.py with the default asr config) and,
+(silero-vad, the speech detector, pipeline/stream/speech_segments.py with the default asr config) and,
 as the worst case for a live stream's delay, into max_segment_s pieces with no pause at all.
 Everything in one process, no Ray, one CTranslate2 thread (runtime.torch_threads):
 
@@ -37,10 +37,10 @@ from benchmarks.wer import word_error_rate
 from operators.asr import AsrOptions, SpeechAudio, SpeechRecognizer
 from operators.asr_models import resolve_whisper
 from operators.speech import WINDOW_S, SpeechActivity
-from pipeline.config import load_config
-from pipeline.detectors import DetectorBank
-from pipeline.media import SpeechProbs
-from pipeline.speech_segments import SpeechSegmenter
+from pipeline.core.config import load_config
+from pipeline.core.media import SpeechProbs
+from pipeline.stream.detectors.bank import DetectorBank
+from pipeline.stream.speech_segments import SpeechSegmenter
 
 RATE_HZ = 16000
 NASA = Path(__file__).resolve().parents[2] / "shared" / "media" / "nasa_13013.mp4"
@@ -121,9 +121,9 @@ def write_talk_clip(path: Path, audio: np.ndarray) -> None:
 
 
 def pipeline_runs(path: Path, seconds: float) -> None:
-    from pipeline.ray_init import init_ray
-    from pipeline.runtime import Pipeline
-    from pipeline.sinks import NullSink
+    from pipeline.compute.ray_init import init_ray
+    from pipeline.compute.runtime import Pipeline
+    from pipeline.output.sinks import NullSink
 
     init_ray(load_config(None, [], environ={}))
     print(f"\npipeline (local Ray, default config), audio-only {seconds:.0f} s clip of continuous talk:")

@@ -16,10 +16,11 @@ import torch
 
 from operators.event_head import EventHead
 from operators.fusion import WindowInput
-from pipeline.config import load_config
-from pipeline.provenance import trained_behind
-from pipeline.media import FusionRequest
-from pipeline.stages import FusionStage
+from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.compute.provenance import trained_behind
+from pipeline.compute.stages import FusionStage
+from pipeline.core.config import load_config
+from pipeline.stream.fusion_io import FusionRequest
 
 
 def windows(count: int, seed: int = 0) -> list[WindowInput]:
@@ -55,7 +56,7 @@ def main() -> None:
     cfg = load_config(None, [], environ={})
     with tempfile.TemporaryDirectory() as folder:
         head_path = f"{folder}/head.pt"
-        EventHead(cfg.fusion, 256, 256, ["a", "b", "c"]).save(head_path, extra={"trained_behind": trained_behind(cfg)})
+        EventHead(spec_of(cfg.fusion, FusionSpec), 256, 256, ["a", "b", "c"]).save(head_path, extra={"trained_behind": trained_behind(cfg)})
         all_windows = windows(args.windows)
         items = [all_windows[i:i + args.batch] for i in range(0, len(all_windows), args.batch)]
         cpu_s, cpu = run("cpu", items, head_path)

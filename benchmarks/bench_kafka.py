@@ -8,7 +8,7 @@ or the one given with --bootstrap:
     the same key, value bytes (serialized beforehand) and headers, then flush(). Best
     of 2 each, and the ratio sink / bare;
   - end-to-end latency, live-paced: `avfuse run -c configs/kafka.yaml` as a subprocess
-    on topics of its own; --streams streams of the demo clip (pipeline/sample.py) cut
+    on topics of its own; --streams streams of the demo clip (pipeline/app/sample.py) cut
     into 1 s MPEG-TS segments, segment k of every stream produced at t0 + k s. A
     separate read_committed consumer of the events topic measures, per event,
     (received) - (produce time of the segment holding the media time at which the event
@@ -47,10 +47,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.config import load_config
-from pipeline.kafka_sink import KafkaSink, headers_for, make_producer, topic_for
-from pipeline.records import Event
-from pipeline.sample import write_clip
+from pipeline.app.sample import write_clip
+from pipeline.core.config import load_config
+from pipeline.kafka.sink import KafkaSink, headers_for, make_producer, topic_for
+from pipeline.output.records import Event
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO / "scripts" / "kafka.sh"
@@ -221,7 +221,7 @@ class ServiceProcess:
         for item in sets:
             args += ["--set", item]
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=self._log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", *args], stdout=self._log,
                                      stderr=subprocess.STDOUT, text=True)
 
     def _get(self, path: str) -> tuple[int, str]:

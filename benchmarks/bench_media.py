@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.sample import audio_signal
+from pipeline.app.sample import audio_signal
 
 WIDTH, HEIGHT, FPS, AUDIO_RATE = 1280, 720, 25, 48000
 

@@ -35,7 +35,8 @@ from torch import nn
 from operators import VisionEncoder, build_audio_encoder
 from operators.device import autocast_for, resolve_device
 from operators.efficientnet_lite import load_image_tagger
-from pipeline.config import Config
+from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.core.config import Config
 
 SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 FACE_CLIPS = ("chaplin.mp4", "nasa_13013.mp4", "big_buck_bunny_0_30.webm")
@@ -78,7 +79,7 @@ def clip_frames_input(clip: Path, fps: float, width: int) -> Callable[[int, torc
     import av
     import numpy as np
 
-    from pipeline.decode import face_frame_size
+    from pipeline.ingest.decode import face_frame_size
 
     frames, last_slot = [], -1
     with av.open(str(clip)) as container:
@@ -123,7 +124,7 @@ def build_operators(device: torch.device) -> tuple[list[Operator], list[str]]:
     cfg = Config()
     notes: list[str] = []
     ops: list[Operator] = []
-    vision = VisionEncoder(cfg.vision, cfg.video.image_size).prepare_for_inference().to(device)
+    vision = VisionEncoder(spec_of(cfg.vision, VisionSpec), cfg.video.image_size).prepare_for_inference().to(device)
     ops.append(Operator(f"VisionEncoder {cfg.vision.backbone} {cfg.video.image_size}px", vision,
                         frames_input(cfg.video.image_size), 0.0, (cfg.video.fps,), "images"))
     tagger, source = load_image_tagger()
@@ -133,7 +134,7 @@ def build_operators(device: torch.device) -> tuple[list[Operator], list[str]]:
         ops.append(Operator(f"ImageTagger efficientnet-lite0 {size}px", tagger, frames_input(size), 0.0,
                             (1.0, 2.0), "images"))
     row_samples = int(round(cfg.audio.sample_rate_hz * cfg.audio.token_s))
-    audio = build_audio_encoder(cfg.audio_encoder, cfg.audio.sample_rate_hz, row_samples).to(device).eval()
+    audio = build_audio_encoder(spec_of(cfg.audio_encoder, AudioEncoderSpec), cfg.audio.sample_rate_hz, row_samples).to(device).eval()
     ops.append(Operator(f"AudioEncoder {cfg.audio_encoder.kind} {cfg.audio.token_s:g}s rows", audio,
                         audio_input(row_samples), cfg.audio.token_s, (1.0 / cfg.audio.token_s,), "audio-s"))
     try:

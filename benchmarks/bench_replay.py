@@ -26,9 +26,9 @@ import psutil
 import ray
 
 from benchmarks.bench_media import decode_only, decode_only_parallel, write_bench_clip
-from pipeline.config import load_config
-from pipeline.sinks import NullSink
-from pipeline.runtime import Pipeline
+from pipeline.compute.runtime import Pipeline
+from pipeline.core.config import load_config
+from pipeline.output.sinks import NullSink
 
 
 class RssSampler:

@@ -29,7 +29,7 @@ import torch
 
 from operators.audioset import AudioSetClasses
 from operators.text_embedding import MODEL_NAME, load_text_encoder
-from pipeline.records import Event
+from pipeline.output.records import Event
 from pipeline.search.index import SearchIndex
 from pipeline.search.moments import read_moments
 from pipeline.search.rank import rank

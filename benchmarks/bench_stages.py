@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from benchmarks.bench_media import decode_only, decode_only_parallel, write_bench_clip
-from pipeline.config import load_config
-from pipeline.sinks import NullSink
-from pipeline.decode import MediaDecoder
-from pipeline.session import StreamSession
-from pipeline.stages import AudioStage, FusionStage, VisionStage
+from pipeline.compute.stages import AudioStage, FusionStage, VisionStage
+from pipeline.core.config import load_config
+from pipeline.ingest.decode import MediaDecoder
+from pipeline.output.sinks import NullSink
+from pipeline.stream.session import StreamSession
 
 
 def _decode_into(stream_id: str, path: str, cfg, out) -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import ray
 
-from pipeline.config import load_config
-from pipeline.records import Event, Record, Transcript
-from pipeline.runtime import Pipeline
-from pipeline.sinks import Sink
+from pipeline.compute.runtime import Pipeline
+from pipeline.core.config import load_config
+from pipeline.output.records import Event, Record, Transcript
+from pipeline.output.sinks import Sink
 
 NARRATION = Path(__file__).resolve().parents[2] / "shared" / "media" / "nasa_13013.mp4"
 

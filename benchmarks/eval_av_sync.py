@@ -26,10 +26,10 @@ from benchmarks.shift_media import audio_lead_s, write_shifted_set
 from benchmarks.sync_report import Outcome, print_rates, print_streams
 from operators.checkpoint import read_torch_file
 from operators.weights import sync_checkpoint_path
-from pipeline.config import Config, load_config
-from pipeline.ray_init import init_ray
-from pipeline.runtime import Pipeline
-from pipeline.sinks import JsonlSink
+from pipeline.compute.ray_init import init_ray
+from pipeline.compute.runtime import Pipeline
+from pipeline.core.config import Config, load_config
+from pipeline.output.sinks import JsonlSink
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 CLIPS = ("big_buck_bunny_0_30.webm", "chaplin.mp4", "fire2.mp4", "nasa_13013.mp4", "no_duration.webm",

@@ -17,9 +17,8 @@ import torchaudio
 from torch import nn
 
 from operators.audio_bundle import BundleAudioEncoder
-from operators.row_encoder import KIND, RowEncoder
 from operators.checkpoint import load_module_checkpoint, seeded_init
-from pipeline.config import AudioEncoderConfig
+from operators.row_encoder import KIND, AudioEncoderSpec, RowEncoder
 
 LOG_FLOOR = 1e-6  # keeps log(mel) finite on digital silence
 
@@ -37,7 +36,7 @@ class AudioEncoder(RowEncoder):
     if set, else a deterministic random init, identical in every process.
     """
 
-    def __init__(self, cfg: AudioEncoderConfig, sample_rate_hz: int, row_samples: int):
+    def __init__(self, cfg: AudioEncoderSpec, sample_rate_hz: int, row_samples: int):
         super().__init__()
         if row_samples < cfg.n_fft // 2 + 1:
             # With reflect padding a row shorter than half a window has no valid frame.
@@ -83,7 +82,7 @@ class AudioEncoder(RowEncoder):
 
 
 def build_audio_encoder(
-    cfg: AudioEncoderConfig, sample_rate_hz: int, row_samples: int
+    cfg: AudioEncoderSpec, sample_rate_hz: int, row_samples: int
 ) -> AudioEncoder | BundleAudioEncoder:
     """The audio encoder ``cfg.kind`` names, with its weights loaded, in eval mode on the CPU."""
     if cfg.kind == "torchaudio_bundle":

@@ -30,8 +30,7 @@ from operators.checkpoint import (
     seeded_init,
 )
 from operators.hub_weights import fetch_hub_state_dict
-from operators.row_encoder import KIND, RowEncoder
-from pipeline.config import AudioEncoderConfig
+from operators.row_encoder import KIND, AudioEncoderSpec, RowEncoder
 
 ENCODER = "torchaudio_bundle"
 
@@ -113,7 +112,7 @@ class BundleAudioEncoder(RowEncoder):
 
     def __init__(
         self,
-        cfg: AudioEncoderConfig,
+        cfg: AudioEncoderSpec,
         sample_rate_hz: int,
         row_samples: int,
         bundle: Wav2Vec2Bundle | None = None,

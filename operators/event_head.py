@@ -8,16 +8,23 @@ refuses it instead of emitting confident nonsense.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from operators.checkpoint import (CheckpointError, check_checkpoint, check_trained_behind, load_state_strict,
-                                  read_torch_file, save_checkpoint, seeded_init)
-from operators.fusion import FusionBatch, FusionModel
-from pipeline.config import FusionConfig
+from operators.checkpoint import (
+    CheckpointError,
+    check_checkpoint,
+    check_trained_behind,
+    load_state_strict,
+    read_torch_file,
+    save_checkpoint,
+    seeded_init,
+)
+from operators.fusion import FusionBatch, FusionModel, FusionSpec
 
 KIND = "event_head"
 
@@ -28,12 +35,12 @@ class EventHead(nn.Module):
     A window lacking both modalities gets logits of -inf (probability 0).
     """
 
-    def __init__(self, fusion_cfg: FusionConfig, video_dim: int, audio_dim: int, labels: Sequence[str]):
+    def __init__(self, fusion_cfg: FusionSpec, video_dim: int, audio_dim: int, labels: Sequence[str]):
         super().__init__()
         if not labels or len(set(labels)) != len(labels):
             raise ValueError("an event head needs distinct label names")
         self.labels = list(labels)
-        self.fusion = FusionModel(fusion_cfg.model_copy(update={"checkpoint": None}), video_dim, audio_dim)
+        self.fusion = FusionModel(dataclasses.replace(fusion_cfg, checkpoint=None), video_dim, audio_dim)
         with seeded_init(1):
             self.classifier = nn.Linear(fusion_cfg.dim, len(self.labels))
         self.eval()
@@ -63,7 +70,7 @@ def load_event_head(path: str | Path, video_dim: int, audio_dim: int,
     recorded = obj.get("preprocessing") if isinstance(obj, dict) else None
     if not isinstance(recorded, dict) or "labels" not in recorded:
         raise CheckpointError(f"checkpoint {path} is not an event_head checkpoint")
-    fusion_cfg = FusionConfig(strategy=recorded["strategy"], dim=recorded["dim"], heads=recorded["heads"])
+    fusion_cfg = FusionSpec(strategy=recorded["strategy"], dim=recorded["dim"], heads=recorded["heads"])
     head = EventHead(fusion_cfg, video_dim, audio_dim, recorded["labels"])
     check_checkpoint(obj, path, KIND, head.preprocessing)
     check_trained_behind(obj, path, KIND, expected)

@@ -19,9 +19,19 @@ from torch import nn
 from operators.checkpoint import load_module_checkpoint, save_checkpoint, seeded_init
 from operators.device import autocast_for, module_device
 from operators.fusion_strategies import STRATEGIES
-from pipeline.config import FusionConfig
 
 KIND = "fusion"
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """What a FusionModel is built from: strategy (cross_attention, concat or weighted), width, heads,
+    and an optional avfuse checkpoint of kind 'fusion'."""
+
+    strategy: str = "cross_attention"
+    checkpoint: str | None = None
+    dim: int = 256
+    heads: int = 4
 
 
 @dataclass
@@ -133,7 +143,7 @@ class FusionModel(nn.Module):
     mode with deterministic weights unless ``cfg.checkpoint`` (kind 'fusion') is set.
     """
 
-    def __init__(self, cfg: FusionConfig, video_dim: int, audio_dim: int):
+    def __init__(self, cfg: FusionSpec, video_dim: int, audio_dim: int):
         super().__init__()
         if cfg.strategy not in STRATEGIES:
             raise ValueError(f"fusion.strategy must be one of {sorted(STRATEGIES)}, got {cfg.strategy!r}")
@@ -177,6 +187,6 @@ class FusionModel(nn.Module):
         save_checkpoint(path, KIND, self.state_dict(), self.preprocessing)
 
 
-def build_fusion(cfg: FusionConfig, video_dim: int, audio_dim: int) -> FusionModel:
+def build_fusion(cfg: FusionSpec, video_dim: int, audio_dim: int) -> FusionModel:
     """The configured fusion strategy for tokens of the given widths."""
     return FusionModel(cfg, video_dim, audio_dim)

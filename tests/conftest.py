@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import ray
 
-from pipeline.config import load_config
-from pipeline.ray_init import init_ray
-from pipeline.runtime import Pipeline, StreamResult
-from pipeline.sample import ClipSpec, write_clip
-from pipeline.sinks import JsonlSink
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.compute.ray_init import init_ray
+from pipeline.compute.runtime import Pipeline, StreamResult
+from pipeline.core.config import load_config
+from pipeline.output.sinks import JsonlSink
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO.parent / "shared" / "media"
@@ -23,7 +23,7 @@ SHARED_MEDIA = REPO.parent / "shared" / "media"
 
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory):
-    """Generated clips with the known timeline of pipeline.sample, by variant name."""
+    """Generated clips with the known timeline of pipeline.app.sample, by variant name."""
     folder = tmp_path_factory.mktemp("clips")
     variants = {
         "av.mp4": ClipSpec(),

@@ -79,7 +79,7 @@ class Service:
         for item in sets:
             args += ["--set", item]
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=self._log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", *args], stdout=self._log,
                                      stderr=subprocess.STDOUT, text=True, env=env)
 
     def wait_ready(self, timeout_s: float = 180) -> None:

@@ -1,11 +1,11 @@
-"""Specification of pipeline.alignment, with synthetic timestamps (no media, no Ray)."""
+"""Specification of pipeline.stream.alignment, with synthetic timestamps (no media, no Ray)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.alignment import AlignmentError, TimedRows, WindowAligner, WindowSpec
+from pipeline.stream.alignment import AlignmentError, TimedRows, WindowAligner, WindowSpec
 
 # A window that is never decided, or decided one by one across a huge gap, shows up as a hang.
 pytestmark = pytest.mark.timeout(20)

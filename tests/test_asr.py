@@ -21,11 +21,11 @@ from operators import asr_models
 from operators.asr import MAX_SEGMENT_S, AsrOptions, SpeechAudio, SpeechRecognizer, UnknownLanguageError
 from operators.asr_models import BASE_MODEL_SHA256, resolve_whisper
 from operators.checkpoint import CheckpointError
-from pipeline.asr_stage import transcripts_off_reason, transcripts_wanted
-from pipeline.config import load_config
-from pipeline.records import schema_for, transcript_id
-from pipeline.sample import ClipSpec, write_clip
-from pipeline.weights_report import weight_lines
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.app.weights_report import weight_lines
+from pipeline.core.config import load_config
+from pipeline.output.records import schema_for, transcript_id
+from pipeline.stream.speech_segments import transcripts_off_reason, transcripts_wanted
 from tests.conftest import SHARED_MEDIA, _replayer
 from tests.test_cli import run_cli
 from tests.test_speech import RATE_HZ, mux_with_video, spoken_sentence, voiced_span_s

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.audio_rows import AudioRowCutter
+from pipeline.ingest.audio_rows import AudioRowCutter
 
 
 def frame_at(start_s: float, samples: int = 1024, rate: int = 16000) -> av.AudioFrame:

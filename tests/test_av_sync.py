@@ -12,11 +12,11 @@ from operators.av_sync import AVSyncHead, SyncSpec, load_sync_head
 from operators.checkpoint import CheckpointMismatchError
 from operators.fusion import collate_windows
 from operators.weights import sync_checkpoint_path
-from pipeline.cli import main
-from pipeline.clip_tokens import ClipEncoder
-from pipeline.config import AVSyncConfig, load_config
-from pipeline.provenance import trained_behind
-from pipeline.sync_tracker import SyncTracker
+from pipeline.app.cli import main
+from pipeline.compute.provenance import trained_behind
+from pipeline.core.config import AVSyncConfig, load_config
+from pipeline.stream.sync_tracker import SyncTracker
+from pipeline.training.clip_tokens import ClipEncoder
 from pipeline.training.sync import lag_target, shifted_window
 from pipeline.training.sync_eval import pipeline_windows
 from pipeline.training.synthetic import write_sync_clip
@@ -188,10 +188,10 @@ class FixedSync:
 
 
 def test_a_low_confidence_offset_is_unknown_not_a_number():
-    from pipeline.records import Summary
-    from pipeline.sinks import describe
-    from pipeline.summary import SummaryTracker
-    from pipeline.sync_tracker import SyncEstimate
+    from pipeline.output.records import Summary
+    from pipeline.output.sinks import describe
+    from pipeline.stream.summary import SummaryTracker
+    from pipeline.stream.sync_tracker import SyncEstimate
 
     tracker = SummaryTracker("s", 30.0, 5, has_video=True, report_confidence=0.5)
     tracker.sync = FixedSync(SyncEstimate(-0.68, 0.27, 12))
@@ -205,8 +205,8 @@ def test_a_low_confidence_offset_is_unknown_not_a_number():
 
 
 def test_an_offset_on_fewer_windows_than_an_av_desync_needs_is_unknown():
-    from pipeline.summary import SummaryTracker
-    from pipeline.sync_tracker import SyncEstimate
+    from pipeline.stream.summary import SummaryTracker
+    from pipeline.stream.sync_tracker import SyncEstimate
 
     tracker = SummaryTracker("s", 30.0, 5, has_video=True, report_confidence=0.5, report_min_windows=3)
     tracker.sync = FixedSync(SyncEstimate(0.19, 0.9, 2))  # a short clip: two windows, however sure
@@ -217,11 +217,11 @@ def test_an_offset_on_fewer_windows_than_an_av_desync_needs_is_unknown():
 
 def test_other_encoders_turn_the_shipped_sync_head_off_but_a_named_one_must_fit(tmp_path, caplog):
     from operators import VisionEncoder
-    from pipeline.config import VisionEncoderConfig
-    from pipeline.stages import FusionStage
+    from operators.vision import VisionSpec
+    from pipeline.compute.stages import FusionStage
 
     weights = tmp_path / "vision.pt"
-    VisionEncoder(VisionEncoderConfig(), 128).save(weights)  # fits the config, but is not the default init
+    VisionEncoder(VisionSpec(), 128).save(weights)  # fits the config, but is not the default init
     cfg = load_config(None, [f"vision.checkpoint={weights}"], environ={})
     with caplog.at_level("WARNING"):
         assert FusionStage(cfg).sync is None

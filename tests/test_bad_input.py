@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jsonschema
 
-from pipeline.records import schema_for
-from pipeline.sample import ClipSpec, write_clip
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.output.records import schema_for
 from tests.media_faults import truncated, with_garbled_packets
 
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.sample import ClipSpec, write_clip
+from pipeline.app.sample import ClipSpec, write_clip
 
-AVFUSE = [sys.executable, "-m", "pipeline.cli"]
+AVFUSE = [sys.executable, "-m", "pipeline.app.cli"]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -83,10 +83,10 @@ def _peek(path: Path) -> str:
 
 def test_checkpoint_that_disagrees_with_the_config_exits_2_with_one_line(tmp_path):
     from operators import VisionEncoder
-    from pipeline.config import VisionEncoderConfig
+    from operators.vision import VisionSpec
 
     checkpoint = tmp_path / "vision96.pt"
-    VisionEncoder(VisionEncoderConfig(), 96).save(checkpoint)  # made for 96 px; the config says 128
+    VisionEncoder(VisionSpec(), 96).save(checkpoint)  # made for 96 px; the config says 128
     clip = write_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=3.0))
     result = run_cli("replay", str(clip), "--set", f"vision.checkpoint={checkpoint}", "--no-progress")
     assert result.returncode == 2

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.sample import ClipSpec, write_clip
+from pipeline.app.sample import ClipSpec, write_clip
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -47,7 +47,7 @@ def test_replay_joins_an_existing_ray_cluster(tmp_path):
         _wait_for_head(port, env)
         out = tmp_path / "records.jsonl"
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "replay", str(clip), "--ray-address", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "pipeline.app.cli", "replay", str(clip), "--ray-address", f"127.0.0.1:{port}",
              "--out", str(out), "--no-progress"],
             env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from pipeline.delivery import StreamProgress, _CountingSink
-from pipeline.records import Event, Transcript, transcript_id
-from pipeline.sinks import JsonlSink
+from pipeline.kafka.delivery import StreamProgress, _CountingSink
+from pipeline.output.records import Event, Transcript, transcript_id
+from pipeline.output.sinks import JsonlSink
 
 
 def _events(n: int) -> list[Event]:

@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pipeline.sample import ClipSpec, write_clip
+from pipeline.app.sample import ClipSpec, write_clip
 from tests.kafka_support import Reader, Service, free_port, job, produce, stream_ends
 from tests.test_k8s import env_config, render
 from tests.test_metrics import get, parse

@@ -14,9 +14,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipeline.config import DetectorsConfig, MotionBurstConfig, SceneCutConfig, SilenceConfig
-from pipeline.detectors import AudioSeries, DetectorBank, DetectorInputError, VideoSeries
-from pipeline.records import event_id, schema_for
+from pipeline.core.config import DetectorsConfig, MotionBurstConfig, SceneCutConfig, SilenceConfig
+from pipeline.output.records import event_id, schema_for
+from pipeline.stream.detectors.bank import AudioSeries, DetectorBank, DetectorInputError, VideoSeries
 
 STREAM = "cam-1"
 MEDIA_END_S = 12.0

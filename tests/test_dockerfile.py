@@ -232,7 +232,7 @@ def test_dockerignore_drops_local_state_and_keeps_what_the_build_needs():
     copied = [a.split()[:-1] for k, a in INSTRUCTIONS if k == "COPY" and "--from" not in a]
     needed = {"pyproject.toml", PYPROJECT["project"]["readme"], "pipeline/__init__.py",
               "operators/__init__.py", "operators/weights/av_sync.pt",
-              "pipeline/schemas/event.schema.json", "configs/kafka.yaml",
+              "pipeline/output/schemas/event.schema.json", "configs/kafka.yaml",
               *(s for sources in copied for s in sources)}
     for path in needed:
         assert (REPO / path).exists(), f"{path} is missing from the repository"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import egress
-from pipeline.config import UriPolicyConfig, load_config
-from pipeline.decode import MediaDecoder
-from pipeline.errors import StreamOpenError
-from pipeline.sample import ClipSpec, write_clip
-from pipeline.uri_policy import DEFAULT_DENY_NETWORKS, UriPolicy, UriRefused
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.core.config import UriPolicyConfig, load_config
+from pipeline.core.errors import StreamOpenError
+from pipeline.ingest.decode import MediaDecoder
+from pipeline.ingest.egress import guard as egress
+from pipeline.ingest.egress.uri_policy import DEFAULT_DENY_NETWORKS, UriPolicy, UriRefused
 from tests.kafka_support import ts_segments
 
 ALLOWED, OTHER_ALLOWED, DENIED = "127.0.0.1", "127.0.0.3", "127.0.0.2"

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from pipeline import egress
-from pipeline.sinks import JsonlSink
-from pipeline.uri_policy import DEFAULT_DENY_NETWORKS
+from pipeline.ingest.egress import guard as egress
+from pipeline.ingest.egress.uri_policy import DEFAULT_DENY_NETWORKS
+from pipeline.output.sinks import JsonlSink
 from tests.kafka_support import Reader, Service, job, produce, stream_ends
 from tests.test_egress import ALLOWED, DENIED, OTHER_ALLOWED, MediaServer
 from tests.test_kafka_service import _committed

@@ -14,13 +14,13 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.decode import MediaDecoder
-from pipeline.face_events import FaceEvents
-from pipeline.media import FaceCounts
-from pipeline.records import schema_for
-from pipeline.runtime import Pipeline
-from pipeline.sample import ClipSpec, write_clip
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.compute.runtime import Pipeline
+from pipeline.core.config import load_config
+from pipeline.core.media import FaceCounts
+from pipeline.ingest.decode import MediaDecoder
+from pipeline.output.records import schema_for
+from pipeline.stream.face_events import FaceEvents
 from tests.conftest import SHARED_MEDIA, _replayer
 
 CHAPLIN, NASA = SHARED_MEDIA / "chaplin.mp4", SHARED_MEDIA / "nasa_13013.mp4"

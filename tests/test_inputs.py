@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.config import Config
-from pipeline.decode import MediaDecoder
-from pipeline.sample import ClipSpec, write_clip
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.core.config import Config
+from pipeline.ingest.decode import MediaDecoder
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from pipeline.jobs import MAX_JOB_BYTES, BadJob, StartJob, StopJob, parse_job
+from pipeline.kafka.jobs import MAX_JOB_BYTES, BadJob, StartJob, StopJob, parse_job
 
 
 def _job(**body) -> bytes:

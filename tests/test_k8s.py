@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from tests.k8s_schemas import crd_validator, has_crd
 
 REPO = Path(__file__).resolve().parents[1]

@@ -108,9 +108,9 @@ def test_transcripts_reach_kafka_once_with_their_ids_across_a_sigkill(kafka_brok
 def test_sink_blocks_at_its_bound_while_the_broker_is_away_and_delivers_everything_after(kafka_broker):
     import threading
 
-    from pipeline.config import load_config
-    from pipeline.kafka_sink import KafkaSink, make_producer
-    from pipeline.records import Event
+    from pipeline.core.config import load_config
+    from pipeline.kafka.sink import KafkaSink, make_producer
+    from pipeline.output.records import Event
     from tests.kafka_support import topics_for
 
     prefix = f"s{uuid.uuid4().hex[:8]}"

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import uuid
 
+import jsonschema
 from kafka import KafkaAdminClient
 
-from pipeline.records import schema_for
+from pipeline.output.records import schema_for
 from tests.kafka_support import Reader, Service, job, produce, segment_messages, stream_ends, ts_segments
-
-import jsonschema
 
 
 def _committed(broker, group: str, topic: str) -> int:

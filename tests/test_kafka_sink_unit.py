@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, KafkaConfig, config_to_yaml, load_config
-from pipeline.kafka_sink import client_security, headers_for, topic_for
-from pipeline.records import RECORD_TYPES, Error, Event, StreamEnd, StreamStart, Summary, Transcript, Window
+from pipeline.core.config import ConfigError, KafkaConfig, config_to_yaml, load_config
+from pipeline.kafka.sink import client_security, headers_for, topic_for
+from pipeline.output.records import RECORD_TYPES, Error, Event, StreamEnd, StreamStart, Summary, Transcript, Window
 
 TOPICS = {"jobs": "t.jobs", "media": "t.media", "events": "t.events", "summaries": "t.summaries",
           "errors": "t.errors", "windows": "t.windows", "progress": "t.progress", "transcripts": "t.transcripts"}

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import metrics
-from pipeline.exporter import Exporter, Readiness
-from pipeline.sample import DURATION_S
-from pipeline.sinks import JsonlSink
+from pipeline.app.sample import DURATION_S
+from pipeline.observe import metrics
+from pipeline.observe.exporter import Exporter, Readiness
+from pipeline.output.sinks import JsonlSink
 
 
 def parse(text: str) -> dict[tuple[str, tuple], float]:
@@ -191,7 +191,7 @@ def test_textfile_is_written_atomically_in_the_exposition_format(pipeline, tmp_p
 
 
 def test_a_node_exporter_actor_serves_the_same_node_totals_as_the_driver(pipeline, replay, clips):
-    from pipeline.ray_init import start_node_exporters
+    from pipeline.compute.ray_init import start_node_exporters
 
     replay(clips["av.mp4"], stream_ids=["m-node"])
     import ray

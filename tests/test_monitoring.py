@@ -1,6 +1,6 @@
 """The monitoring manifests in k8s/monitoring/ agree with the metrics avfuse exposes.
 
-The Grafana dashboard may only query metrics that ``pipeline.metrics.Metrics`` defines, and
+The Grafana dashboard may only query metrics that ``pipeline.observe.metrics.Metrics`` defines, and
 every metric it defines must be on some panel, so renaming or adding a metric without
 touching the dashboard fails here. The PodMonitor is validated offline against the
 Prometheus Operator CRD in ../shared/k8s-crds/. No network, no Ray.
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, values
 
-from pipeline.metrics import Metrics
+from pipeline.observe.metrics import Metrics
 from tests.k8s_schemas import crd_validator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_template_variables_filter_by_namespace_pod_and_stream(dashboard, expose
 def test_dashboard_queries_only_metrics_that_avfuse_exposes(dashboard, exposed):
     unknown = {(title, name) for title, expr in panel_exprs(dashboard) for name in parse_promql(expr).metrics
                if name not in exposed.sample_names}
-    assert not unknown, f"metrics not in pipeline/metrics.py: {sorted(unknown)}"
+    assert not unknown, f"metrics not in pipeline/observe/metrics.py: {sorted(unknown)}"
 
 
 def test_every_metric_is_on_a_panel(dashboard, exposed):

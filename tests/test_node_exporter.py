@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.node_exporter import dead_processes, reap_dead_processes
+from pipeline.observe.node_exporter import dead_processes, reap_dead_processes
 from tests.kafka_support import free_port
 from tests.test_metrics import get, parse
 
-AVFUSE = [sys.executable, "-m", "pipeline.cli"]
+AVFUSE = [sys.executable, "-m", "pipeline.app.cli"]
 REPO = Path(__file__).resolve().parents[1]
 
 # A Ray actor's view of the metrics: a separate process counting into the shared folder.
 COUNTING_PROCESS = """
 import sys, time
-from pipeline import metrics
+from pipeline.observe import metrics
 m = metrics.get()
 m.frames_decoded.labels("cam1").inc(7)
 m.streams_active.inc()

@@ -3,7 +3,7 @@ message, never past it, and only when it moved."""
 
 from __future__ import annotations
 
-from pipeline.offsets import OffsetTracker
+from pipeline.kafka.offsets import OffsetTracker
 
 
 def _tracker_with(topic: str, partition: int, offsets: range | list[int]) -> OffsetTracker:

@@ -33,7 +33,9 @@ from operators import (
     spectral_flux,
 )
 from operators.checkpoint import preprocessing_differences
-from pipeline.config import AudioEncoderConfig, FusionConfig, VisionEncoderConfig
+from operators.fusion import FusionSpec
+from operators.row_encoder import AudioEncoderSpec
+from operators.vision import VisionSpec
 
 SR = 16000
 ROW = 1600  # 100 ms at 16 kHz
@@ -44,12 +46,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def vision() -> VisionEncoder:
-    return VisionEncoder(VisionEncoderConfig(embed_dim=32), image_size=IMG)
+    return VisionEncoder(VisionSpec(embed_dim=32), image_size=IMG)
 
 
 @pytest.fixture(scope="module")
 def audio() -> AudioEncoder:
-    return AudioEncoder(AudioEncoderConfig(embed_dim=32), sample_rate_hz=SR, row_samples=ROW)
+    return AudioEncoder(AudioEncoderSpec(embed_dim=32), sample_rate_hz=SR, row_samples=ROW)
 
 
 def frames(n: int, seed: int = 0, size: int = IMG) -> np.ndarray:
@@ -76,7 +78,7 @@ def window(start_s: float, n_video: int, n_audio: int, seed: int = 0, dim: int =
 
 
 def fusion(strategy: str, **kw):
-    return build_fusion(FusionConfig(strategy=strategy, dim=32, heads=4, **kw), video_dim=16, audio_dim=16)
+    return build_fusion(FusionSpec(strategy=strategy, dim=32, heads=4, **kw), video_dim=16, audio_dim=16)
 
 
 # --- device -----------------------------------------------------------------------------------
@@ -145,8 +147,8 @@ def test_checkpoint_round_trip_reproduces_outputs_exactly(tmp_path, vision, audi
         trained_a.proj.bias.add_(1.0)
     trained_v.save(tmp_path / "v.pt")
     trained_a.save(tmp_path / "a.pt")
-    loaded_v = VisionEncoder(VisionEncoderConfig(embed_dim=32, checkpoint=str(tmp_path / "v.pt")), IMG)
-    loaded_a = AudioEncoder(AudioEncoderConfig(embed_dim=32, checkpoint=str(tmp_path / "a.pt")), SR, ROW)
+    loaded_v = VisionEncoder(VisionSpec(embed_dim=32, checkpoint=str(tmp_path / "v.pt")), IMG)
+    loaded_a = AudioEncoder(AudioEncoderSpec(embed_dim=32, checkpoint=str(tmp_path / "a.pt")), SR, ROW)
     x, rows = frames(3), noise_rows(4)
     np.testing.assert_array_equal(loaded_v.encode(x), trained_v.encode(x))
     np.testing.assert_array_equal(loaded_a.encode(rows), trained_a.encode(rows))
@@ -157,14 +159,14 @@ def test_checkpoint_round_trip_reproduces_outputs_exactly(tmp_path, vision, audi
 def test_checkpoint_with_other_image_size_fails_loudly(tmp_path, vision):
     vision.save(tmp_path / "v.pt")
     with pytest.raises(CheckpointMismatchError, match=r"image_size: checkpoint=64 config=96"):
-        VisionEncoder(VisionEncoderConfig(embed_dim=32, checkpoint=str(tmp_path / "v.pt")), image_size=96)
+        VisionEncoder(VisionSpec(embed_dim=32, checkpoint=str(tmp_path / "v.pt")), image_size=96)
 
 
 @pytest.mark.filterwarnings("ignore:At least one mel filterbank")  # 64 mels at 48 kHz, irrelevant here
 def test_audio_checkpoint_with_other_sample_rate_fails_loudly(tmp_path, audio):
     audio.save(tmp_path / "a.pt")
     with pytest.raises(CheckpointMismatchError) as info:
-        AudioEncoder(AudioEncoderConfig(embed_dim=32, checkpoint=str(tmp_path / "a.pt")), 48000, 4800)
+        AudioEncoder(AudioEncoderSpec(embed_dim=32, checkpoint=str(tmp_path / "a.pt")), 48000, 4800)
     assert "row_samples: checkpoint=1600 config=4800" in str(info.value)
     assert "sample_rate_hz: checkpoint=16000 config=48000" in str(info.value)
 
@@ -174,7 +176,7 @@ def test_torchvision_state_dict_loads_into_backbone(tmp_path, vision):
         torch.manual_seed(1234)  # weights unlike the encoder's own deterministic init
         reference = torchvision.models.mobilenet_v3_small(weights=None)
     torch.save(reference.state_dict(), tmp_path / "mobilenet.pth")
-    loaded = VisionEncoder(VisionEncoderConfig(embed_dim=32, checkpoint=str(tmp_path / "mobilenet.pth")), IMG)
+    loaded = VisionEncoder(VisionSpec(embed_dim=32, checkpoint=str(tmp_path / "mobilenet.pth")), IMG)
     for key, value in loaded.backbone.state_dict().items():
         torch.testing.assert_close(value, reference.state_dict()[key], rtol=0, atol=0)
     assert not torch.equal(loaded.backbone.features[0][0].weight, vision.backbone.features[0][0].weight)
@@ -185,7 +187,7 @@ def test_torchvision_state_dict_with_missing_keys_is_rejected(tmp_path):
     del state["features.0.0.weight"]
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match="missing features.0.0.weight"):
-        VisionEncoder(VisionEncoderConfig(checkpoint=str(tmp_path / "broken.pth")), IMG)
+        VisionEncoder(VisionSpec(checkpoint=str(tmp_path / "broken.pth")), IMG)
 
 
 # --- vision encoder ---------------------------------------------------------------------------
@@ -223,8 +225,8 @@ def test_frame_encoded_alone_equals_frame_encoded_in_batch(vision):
 
 def test_two_constructions_give_identical_weights(vision, audio):
     rng_before = torch.random.get_rng_state()
-    again_v = VisionEncoder(VisionEncoderConfig(embed_dim=32), IMG)
-    again_a = AudioEncoder(AudioEncoderConfig(embed_dim=32), SR, ROW)
+    again_v = VisionEncoder(VisionSpec(embed_dim=32), IMG)
+    again_a = AudioEncoder(AudioEncoderSpec(embed_dim=32), SR, ROW)
     again_f = fusion("cross_attention")
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # the global RNG is untouched
     for first, second in ((vision, again_v), (audio, again_a), (fusion("cross_attention"), again_f)):
@@ -236,9 +238,9 @@ def test_two_processes_produce_identical_vision_embeddings(vision):
     # Same intra-op thread count as this process: reduction order, and so the last bits, depend on it.
     script = (
         f"import torch; torch.set_num_threads({torch.get_num_threads()});"
-        "import numpy as np, sys; from operators import VisionEncoder; from pipeline.config import VisionEncoderConfig;"
+        "import numpy as np, sys; from operators import VisionEncoder; from operators.vision import VisionSpec;"
         f"x = np.random.default_rng(0).integers(0, 256, (2, {IMG}, {IMG}, 3), dtype=np.uint8);"
-        f"sys.stdout.write(VisionEncoder(VisionEncoderConfig(embed_dim=32), {IMG}).encode(x).tobytes().hex())"
+        f"sys.stdout.write(VisionEncoder(VisionSpec(embed_dim=32), {IMG}).encode(x).tobytes().hex())"
     )
     hexed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert bytes.fromhex(hexed) == vision.encode(frames(2)).tobytes()
@@ -420,7 +422,7 @@ def test_fusion_checkpoint_round_trip_and_strategy_mismatch(tmp_path, strategy):
 
 
 def test_vision_encoder_prepared_for_inference_gives_the_same_embeddings():
-    cfg = VisionEncoderConfig(embed_dim=32)
+    cfg = VisionSpec(embed_dim=32)
     plain = VisionEncoder(cfg, IMG)
     prepared = VisionEncoder(cfg, IMG).prepare_for_inference()
     x = frames(4)

@@ -29,8 +29,9 @@ from operators import (
 )
 from operators.hub_weights import hub_cache_file
 from operators.vision import resolve_weights
-from pipeline.config import AudioEncoderConfig, Config, ConfigError, VisionEncoderConfig, load_config
-from pipeline.stages import AudioStage
+from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.compute.stages import AudioStage
+from pipeline.core.config import Config, ConfigError, load_config
 
 SR = 16000
 ROW = 1600  # 100 ms at 16 kHz
@@ -88,8 +89,8 @@ def mobilenet_state_dict(seed: int = 1234) -> dict:
     return model.state_dict()
 
 
-def bundle_config(**kw) -> AudioEncoderConfig:
-    return AudioEncoderConfig(kind="torchaudio_bundle", bundle=kw.pop("bundle", TINY_NAME), embed_dim=32, **kw)
+def bundle_config(**kw) -> AudioEncoderSpec:
+    return AudioEncoderSpec(kind="torchaudio_bundle", bundle=kw.pop("bundle", TINY_NAME), embed_dim=32, **kw)
 
 
 def frames(n: int, seed: int = 0) -> np.ndarray:
@@ -150,12 +151,12 @@ def test_vision_weights_load_the_cached_torchvision_file_like_the_same_state_dic
     assert cached.name == "mobilenet_v3_small-047dcff4.pth" and cached == hub_cache_file(MOBILENET_WEIGHTS.url)
     state = mobilenet_state_dict()
     torch.save(state, cached)
-    pretrained = VisionEncoder(VisionEncoderConfig(embed_dim=32, weights="IMAGENET1K_V1"), IMG)
+    pretrained = VisionEncoder(VisionSpec(embed_dim=32, weights="IMAGENET1K_V1"), IMG)
     assert downloads == []  # read from the cache
     for key, value in pretrained.backbone.state_dict().items():
         assert torch.equal(value, state[key]), key
-    same_file = VisionEncoder(VisionEncoderConfig(embed_dim=32, checkpoint=str(cached)), IMG)
-    untrained = VisionEncoder(VisionEncoderConfig(embed_dim=32), IMG)
+    same_file = VisionEncoder(VisionSpec(embed_dim=32, checkpoint=str(cached)), IMG)
+    untrained = VisionEncoder(VisionSpec(embed_dim=32), IMG)
     x = frames(3)
     np.testing.assert_array_equal(pretrained.encode(x), same_file.encode(x))
     assert not np.allclose(pretrained.encode(x), untrained.encode(x), atol=1e-3)
@@ -163,7 +164,7 @@ def test_vision_weights_load_the_cached_torchvision_file_like_the_same_state_dic
 
 def test_vision_weights_absent_from_the_cache_offline_name_the_expected_file_in_one_line(hub_dir, downloads):
     with pytest.raises(CheckpointError) as info:
-        VisionEncoder(VisionEncoderConfig(weights="DEFAULT"), IMG)
+        VisionEncoder(VisionSpec(weights="DEFAULT"), IMG)
     message = str(info.value)
     # The file named is the one torch.hub tried to download to, i.e. where a copy must go.
     assert downloads == [(MOBILENET_WEIGHTS.url, str(hub_dir / "mobilenet_v3_small-047dcff4.pth"))]
@@ -175,12 +176,12 @@ def test_vision_weights_absent_from_the_cache_offline_name_the_expected_file_in_
 def test_unreadable_cached_weights_file_is_named_in_one_line(hub_dir):
     (hub_dir / "mobilenet_v3_small-047dcff4.pth").write_bytes(b"a truncated download")
     with pytest.raises(CheckpointError, match="cached file .*mobilenet_v3_small-047dcff4.pth is not readable") as info:
-        VisionEncoder(VisionEncoderConfig(weights="DEFAULT"), IMG)
+        VisionEncoder(VisionSpec(weights="DEFAULT"), IMG)
     assert "\n" not in str(info.value)
 
 
 def test_vision_weights_trained_with_other_mean_and_std_fail_loudly_naming_the_keys(hub_dir, downloads):
-    cfg = VisionEncoderConfig(weights="IMAGENET1K_V1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    cfg = VisionSpec(weights="IMAGENET1K_V1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     with pytest.raises(CheckpointMismatchError) as info:
         VisionEncoder(cfg, IMG)
     message = str(info.value)
@@ -283,7 +284,7 @@ def test_bundle_encoder_avfuse_checkpoint_reloads_to_identical_outputs_without_t
 
 
 def test_mel_conv_checkpoint_does_not_load_into_a_bundle_encoder(tmp_path, tiny_in_cache):
-    AudioEncoder(AudioEncoderConfig(embed_dim=32), SR, ROW).save(tmp_path / "mel.pt")
+    AudioEncoder(AudioEncoderSpec(embed_dim=32), SR, ROW).save(tmp_path / "mel.pt")
     with pytest.raises(CheckpointMismatchError, match="bundle: checkpoint='<absent>' config='AVFUSE_TEST_TINY"):
         BundleAudioEncoder(bundle_config(checkpoint=str(tmp_path / "mel.pt")), SR, ROW)
 
@@ -307,8 +308,8 @@ def test_default_config_uses_untrained_encoders_and_needs_no_weight_files(hub_di
     cfg = Config()
     assert cfg.vision.weights is None and cfg.vision.checkpoint is None
     assert cfg.audio_encoder.kind == "mel_conv" and cfg.audio_encoder.bundle is None
-    assert type(build_audio_encoder(cfg.audio_encoder, SR, ROW)) is AudioEncoder
-    VisionEncoder(cfg.vision, IMG)
+    assert type(build_audio_encoder(spec_of(cfg.audio_encoder, AudioEncoderSpec), SR, ROW)) is AudioEncoder
+    VisionEncoder(spec_of(cfg.vision, VisionSpec), IMG)
     assert downloads == []
 
 

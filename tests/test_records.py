@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 from jsonschema import Draft202012Validator
 
-from pipeline.records import (
+from pipeline.output.records import (
     RECORD_TYPES,
     Error,
     Event,
@@ -137,7 +137,7 @@ def _errors(record_type: str, instance: dict) -> list:
 
 
 def test_every_record_type_has_a_schema_file():
-    schemas = resources.files("pipeline").joinpath("schemas")
+    schemas = resources.files("pipeline.output").joinpath("schemas")
     for record_type in RECORD_TYPES:
         assert schemas.joinpath(f"{record_type}.schema.json").is_file(), record_type
     assert set(_samples()) == set(RECORD_TYPES)

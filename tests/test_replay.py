@@ -5,8 +5,8 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from pipeline import sample
-from pipeline.records import schema_for
+from pipeline.app import sample
+from pipeline.output.records import schema_for
 from tests.conftest import SHARED_MEDIA
 
 FRAME_TOL_S = 1 / 4 + 1e-3  # one sampled frame at video.fps = 4

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.scene_tags import SceneTags
-from pipeline.tag_events import Vocabulary
-from pipeline.media import ClassScores
+from pipeline.core.media import ClassScores
+from pipeline.stream.scene_tags import SceneTags
+from pipeline.stream.tag_events import Vocabulary
 from tests.conftest import SHARED_MEDIA
 
 SIGHTS = Vocabulary(("valley", "maze", "dhole", "goldfish"))

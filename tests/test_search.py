@@ -15,14 +15,14 @@ import pytest
 
 from operators.audioset import AudioSetClasses
 from operators.text_embedding import load_text_encoder
-from pipeline.cli import main
-from pipeline.records import Event
+from pipeline.app.cli import main
+from pipeline.output.records import Event
+from pipeline.output.sinks import JsonlSink
 from pipeline.search.cli import search
 from pipeline.search.index import SearchIndex
 from pipeline.search.moments import read_moments
 from pipeline.search.rank import rank
 from pipeline.search.table import build_table
-from pipeline.sinks import JsonlSink
 from tests.conftest import REPO, SHARED_MEDIA
 
 
@@ -234,7 +234,7 @@ def test_nonsense_prints_no_match_and_exits_0(written, replayed, capsys):
 
 
 def test_search_cli_starts_no_ray(written):
-    code = ("import sys; from pipeline.cli import main; rc = main(['search', 'xqzvbnm plorf', sys.argv[1]]); "
+    code = ("import sys; from pipeline.app.cli import main; rc = main(['search', 'xqzvbnm plorf', sys.argv[1]]); "
             "print('ray imported' if 'ray' in sys.modules else 'no ray'); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code, str(written)], capture_output=True, text=True, cwd=REPO,
                           timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -10,10 +10,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.decode import MediaDecoder
-from pipeline.sample import ClipSpec, write_clip
-from pipeline.segments import SegmentPipe, SequenceCheck, parse_headers
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.core.config import load_config
+from pipeline.ingest.decode import MediaDecoder
+from pipeline.ingest.segments import SegmentPipe, SequenceCheck, parse_headers
 
 # Long enough for a thread that is not blocked to have finished; short enough to keep tests fast.
 SETTLE_S = 0.2

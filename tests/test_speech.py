@@ -28,13 +28,13 @@ from operators.speech import (
     UnsupportedSampleRateError,
     unavailable_reason,
 )
-from pipeline.config import Config, DetectorsConfig, SpeechConfig, load_config
-from pipeline.decode import MediaDecoder
-from pipeline.detectors import DetectorBank
-from pipeline.media import SpeechProbs
-from pipeline.records import event_id
-from pipeline.speech_scoring import SpeechScoring
-from pipeline.stages import AudioStage
+from pipeline.compute.speech_scoring import SpeechScoring
+from pipeline.compute.stages import AudioStage
+from pipeline.core.config import Config, DetectorsConfig, SpeechConfig, load_config
+from pipeline.core.media import SpeechProbs
+from pipeline.ingest.decode import MediaDecoder
+from pipeline.output.records import event_id
+from pipeline.stream.detectors.bank import DetectorBank
 from tests.conftest import SHARED_MEDIA
 
 RATE_HZ = 16000

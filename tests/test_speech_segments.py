@@ -1,4 +1,4 @@
-"""Where speech is cut for the recogniser (pipeline/speech_segments.py), on synthetic timestamps:
+"""Where speech is cut for the recogniser (pipeline/stream/speech_segments.py), on synthetic timestamps:
 the speech detector's spans in, segments with their audio out, however the stream is chunked."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import DetectorsConfig, SpeechConfig
-from pipeline.detectors import DetectorBank
-from pipeline.media import SpeechProbs
-from pipeline.speech_segments import PAD_BEFORE_S, QUIET_SEARCH_S, SpeechSegmenter
+from pipeline.core.config import DetectorsConfig, SpeechConfig
+from pipeline.core.media import SpeechProbs
+from pipeline.stream.detectors.bank import DetectorBank
+from pipeline.stream.speech_segments import PAD_BEFORE_S, QUIET_SEARCH_S, SpeechSegmenter
 
 RATE_HZ = 16000
 ROW = 1600  # 100 ms audio rows, as the decoders cut them

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.alignment import TimedRows, WindowAligner, WindowSpec
-from pipeline.audio_patches import HOP_SAMPLES, PATCH_SAMPLES, SAMPLE_RATE_HZ, PatchCutter
-from pipeline.av_events import AVEventDetector, Concept
-from pipeline.config import AlignConfig, AVEventsConfig
-from pipeline.media import AudioRows, ClassScores
-from pipeline.spans import HysteresisSpans
-from pipeline.tag_events import TagEventDetector, TagEventRules, Vocabulary
+from pipeline.core.config import AlignConfig, AVEventsConfig
+from pipeline.core.media import AudioRows, ClassScores
+from pipeline.ingest.audio_patches import HOP_SAMPLES, PATCH_SAMPLES, SAMPLE_RATE_HZ, PatchCutter
+from pipeline.stream.alignment import TimedRows, WindowAligner, WindowSpec
+from pipeline.stream.av_events import AVEventDetector, Concept
+from pipeline.stream.spans import HysteresisSpans
+from pipeline.stream.tag_events import TagEventDetector, TagEventRules, Vocabulary
 
 # A tiny ontology: 0 Vehicle > 1 Car > 2 Race car; 3 Music; 4 Silence.
 VOCAB = Vocabulary(("Vehicle", "Car", "Race car", "Music", "Silence"), ("/m/v", "/m/c", "/m/r", "/m/m", "/m/s"),

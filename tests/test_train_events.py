@@ -13,14 +13,14 @@ import torch
 from operators.checkpoint import CheckpointMismatchError
 from operators.event_head import load_event_head
 from operators.fusion import collate_windows
-from pipeline.cli import main
-from pipeline.clip_tokens import ClipEncoder
-from pipeline.config import EventHeadConfig, load_config
-from pipeline.learned_events import LearnedEvents
-from pipeline.provenance import trained_behind
-from pipeline.records import event_id
-from pipeline.runtime import Pipeline
-from pipeline.sinks import JsonlSink
+from pipeline.app.cli import main
+from pipeline.compute.provenance import trained_behind
+from pipeline.compute.runtime import Pipeline
+from pipeline.core.config import EventHeadConfig, load_config
+from pipeline.output.records import event_id
+from pipeline.output.sinks import JsonlSink
+from pipeline.stream.learned_events import LearnedEvents
+from pipeline.training.clip_tokens import ClipEncoder
 from pipeline.training.events import Annotation, average_precision, window_targets
 from pipeline.training.sync_eval import pipeline_windows
 from pipeline.training.synthetic import write_sync_clip

@@ -12,12 +12,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipeline import sample
-from pipeline.config import load_config
-from pipeline.records import schema_for
-from pipeline.runtime import Pipeline
-from pipeline.sample import ClipSpec, write_clip
-from pipeline.sinks import JsonlSink
+from pipeline.app import sample
+from pipeline.app.sample import ClipSpec, write_clip
+from pipeline.compute.runtime import Pipeline
+from pipeline.core.config import load_config
+from pipeline.output.records import schema_for
+from pipeline.output.sinks import JsonlSink
 from tests.conftest import SHARED_MEDIA
 
 NASA, CHAPLIN = SHARED_MEDIA / "nasa_13013.mp4", SHARED_MEDIA / "chaplin.mp4"
@@ -112,7 +112,7 @@ def test_a_parent_class_is_not_a_second_event_for_the_same_sound(real_clips):
 
 
 def test_a_beep_is_no_music(replay_pretrained_module, tmp_path):
-    # The sample clip's only tone is a 1 kHz beep of known length (pipeline.sample).
+    # The sample clip's only tone is a 1 kHz beep of known length (pipeline.app.sample).
     run = replay_pretrained_module(write_clip(tmp_path / "beep.mp4", ClipSpec()))
     beep_s = sample.BEEP_S[1] - sample.BEEP_S[0]
     music = run.events(label="Music")

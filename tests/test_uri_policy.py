@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from pipeline.config import ConfigError, UriPolicyConfig, load_config
-from pipeline.uri_policy import DEFAULT_DENY_NETWORKS, HostUnresolved, UriPolicy, UriRefused, redact
+from pipeline.core.config import ConfigError, UriPolicyConfig, load_config
+from pipeline.ingest.egress.uri_policy import DEFAULT_DENY_NETWORKS, HostUnresolved, UriPolicy, UriRefused, redact
 
 
 def _refusal(policy: UriPolicy, uri: str) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.clip_tokens import ClipEncoder
-from pipeline.config import Config
-from pipeline.provenance import trained_behind
+from pipeline.compute.provenance import trained_behind
+from pipeline.core.config import Config
+from pipeline.training.clip_tokens import ClipEncoder
 
 log = logging.getLogger("avfuse.train")
 
@@ -58,9 +58,9 @@ def run_train(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _train_sync(cfg: Config, args: argparse.Namespace) -> int:
-    from pipeline.training.synthetic import write_sync_clip
     from pipeline.training.sync import SyncTrainSettings, train_sync
     from pipeline.training.sync_eval import estimate_clip
+    from pipeline.training.synthetic import write_sync_clip
 
     root = Path(args.cache_dir) if args.cache_dir else None
     encoder = ClipEncoder(cfg, root / "tokens" if root else None)

@@ -22,9 +22,10 @@ import torch
 
 from operators.event_head import EventHead
 from operators.fusion import WindowInput, collate_windows
-from pipeline.clip_tokens import ClipEncoder, ClipTokens
-from pipeline.config import Config
-from pipeline.provenance import trained_behind
+from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.compute.provenance import trained_behind
+from pipeline.core.config import Config
+from pipeline.training.clip_tokens import ClipEncoder, ClipTokens
 from pipeline.training.sync_eval import pipeline_windows
 
 log = logging.getLogger("avfuse.train")
@@ -121,7 +122,7 @@ def train_events(annotations: list[Annotation], cfg: Config, encoder: ClipEncode
             sets["val" if held else "train"][1].append(target)
     train_windows, train_targets = sets["train"][0], np.stack(sets["train"][1])
     torch.manual_seed(seed)
-    head = EventHead(cfg.fusion, cfg.vision.embed_dim, cfg.audio_encoder.embed_dim, labels)
+    head = EventHead(spec_of(cfg.fusion, FusionSpec), cfg.vision.embed_dim, cfg.audio_encoder.embed_dim, labels)
     batch = collate_windows(train_windows, "cpu", cfg.vision.embed_dim, cfg.audio_encoder.embed_dim)
     target = torch.from_numpy(train_targets)
     positives = target.sum(0)

@@ -4,7 +4,7 @@ A sample is one pipeline-shaped window (``align.window_s``) of one clip's cached
 - positive: audio as it is (offset 0) or shifted by a known offset within the head's lag range
   (target: that lag, split between the two nearest lag bins);
 - negative: audio from another clip (target: "no match").
-Clips must be in sync to begin with; their tokens come from ``pipeline.clip_tokens``.
+Clips must be in sync to begin with; their tokens come from ``pipeline.training.clip_tokens``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 
 from operators.av_sync import AVSyncHead, SyncSpec
 from operators.fusion import WindowInput, collate_windows
-from pipeline.clip_tokens import PHASE_STEP_S, ClipTokens
-from pipeline.config import Config
+from pipeline.core.config import Config
+from pipeline.training.clip_tokens import PHASE_STEP_S, ClipTokens
 
 log = logging.getLogger("avfuse.train")
 

@@ -7,10 +7,10 @@ import torch
 
 from operators.av_sync import AVSyncHead, lag_posterior
 from operators.fusion import WindowInput, collate_windows
-from pipeline.alignment import WindowSpec
-from pipeline.clip_tokens import ClipTokens
-from pipeline.config import Config
-from pipeline.sync_tracker import SyncEstimate, SyncTracker
+from pipeline.core.config import Config
+from pipeline.stream.alignment import WindowSpec
+from pipeline.stream.sync_tracker import SyncEstimate, SyncTracker
+from pipeline.training.clip_tokens import ClipTokens
 
 
 def pipeline_windows(clip: ClipTokens, window_s: float, hop_s: float) -> list[WindowInput]:

@@ -1,0 +1,60 @@
+"""Speech activity on the audio path: one silero-vad state per stream, kept in the audio stage.
+
+silero-vad is recurrent over 32 ms windows, so each stream needs its own state; the shared
+audio stage (which already holds torch and the audio encoder) keeps them keyed by stream id.
+Decoders stay free of torch: importing it in every per-stream decoder cost ~4 s of CPU and
+~600 MB per stream. Chunks of one stream reach the stage in order (the driver awaits each
+chunk's encoding before sending the next), which is all a recurrent state needs.
+
+A stream's state is dropped with its last rows or when the driver says the stream ended
+(``forget``); as a safety net, states are evicted least recently used beyond ``max_streams``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+
+from pipeline.core.config import Config
+from pipeline.core.media import AudioRows, SpeechProbs
+
+log = logging.getLogger("avfuse.speech")
+
+
+class SpeechScoring:
+    def __init__(self, cfg: Config, max_streams: int):
+        self.sample_rate_hz = cfg.audio.sample_rate_hz
+        self.max_streams = max_streams
+        self.unavailable: str | None = None  # why speech activity is off although enabled
+        self._streams: OrderedDict[str, object] = OrderedDict()
+        try:
+            from operators.speech import SpeechActivity
+
+            self._make = SpeechActivity
+            self._make(self.sample_rate_hz)  # fail here, once, not per stream
+        except Exception as exc:  # an optional detector must not stop the audio stage
+            self.unavailable = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("speech detection disabled: %s", self.unavailable, extra={"stage": "speech"})
+
+    def score(self, rows: AudioRows) -> SpeechProbs | None:
+        """Speech probabilities of the windows these rows complete (their stream's state carries on)."""
+        if self.unavailable is not None:
+            return None
+        activity = self._streams.pop(rows.stream_id, None) or self._make(self.sample_rate_hz)
+        parts = [activity.feed(row, start_s) for row, start_s in zip(rows.samples_f32, rows.start_s.tolist())]
+        if not rows.last:
+            self._streams[rows.stream_id] = activity  # most recently used last
+            while len(self._streams) > self.max_streams:
+                self._streams.popitem(last=False)
+        return SpeechProbs(np.concatenate([p for p, _ in parts]).astype(np.float32),
+                           np.concatenate([t for _, t in parts]), activity.window_s)
+
+    def forget(self, stream_id: str) -> None:
+        """The stream ended (however): drop its state."""
+        self._streams.pop(stream_id, None)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)

@@ -1,0 +1,103 @@
+"""Cut decoded audio into fixed rows (one per audio token) that keep their PTS.
+
+PyAV resamples each decoded frame to mono float32; rows are cut from the
+resampled samples and timed from the input PTS, so a gap in the source (as in
+a stream whose audio PTS jumps) leaves a gap in row times instead of shifting
+every later row.
+"""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from pipeline.core.media import AudioRows
+
+# A PTS jump larger than this starts a new run of rows rather than being absorbed.
+GAP_TOLERANCE_S = 0.02
+
+
+class AudioRowCutter:
+    def __init__(self, sample_rate_hz: int, row_s: float):
+        self.sample_rate_hz = sample_rate_hz
+        self.row_samples = int(round(sample_rate_hz * row_s))
+        self._resampler: av.AudioResampler | None = None
+        self._anchor_s: float | None = None  # time of the first sample of the current run
+        self._run_rows = 0  # rows already cut in the current run
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._expected_in_s: float | None = None
+        self._rows: list[np.ndarray] = []
+        self._row_starts: list[float] = []
+        self._last_row_end_s = 0.0
+
+    @property
+    def watermark_s(self) -> float:
+        """Every row starting before this time has been cut."""
+        if self._anchor_s is None:
+            return self._last_row_end_s
+        return self._anchor_s + self._run_rows * self.row_samples / self.sample_rate_hz
+
+    def push(self, frame: av.AudioFrame, t_s: float) -> None:
+        if self._expected_in_s is not None and abs(t_s - self._expected_in_s) > GAP_TOLERANCE_S:
+            self.flush()
+        if self._anchor_s is None and t_s < self._last_row_end_s - GAP_TOLERANCE_S:
+            return  # PTS went backwards (a broken stream): rows must stay in time order, so drop it
+        if self._anchor_s is None:
+            self._anchor_s = t_s
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate_hz)
+        self._expected_in_s = t_s + frame.samples / frame.sample_rate
+        for out in self._resampler.resample(frame):
+            self._append(out.to_ndarray()[0])
+        self._cut(final=False)
+
+    def flush(self) -> None:
+        """End the current run: drain the resampler and keep the last partial row."""
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                self._append(out.to_ndarray()[0])
+        self._cut(final=True)
+        self._resampler = None
+        self._anchor_s = None
+        self._run_rows = 0
+        self._expected_in_s = None
+
+    def take_rows(self, stream_id: str = "", last: bool = False) -> AudioRows | None:
+        if not self._rows:
+            return None
+        rows = AudioRows(np.stack(self._rows), np.asarray(self._row_starts, np.float64), self.sample_rate_hz,
+                         stream_id, last)
+        self._rows, self._row_starts = [], []
+        return rows
+
+    def _append(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self._buffer.append(samples)
+            self._buffered += samples.size
+
+    def _cut(self, final: bool) -> None:
+        if self._anchor_s is None:
+            return
+        n_rows = self._buffered // self.row_samples
+        remainder = self._buffered - n_rows * self.row_samples
+        if n_rows == 0 and not (final and remainder):
+            return
+        samples = np.concatenate(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+        for i in range(n_rows):
+            self._emit_row(samples[i * self.row_samples:(i + 1) * self.row_samples])
+        tail = samples[n_rows * self.row_samples:]
+        if final and tail.size * 2 >= self.row_samples:
+            # Repeat the tail cyclically rather than zero-pad it: zeros would read
+            # as a drop in loudness that is not in the media.
+            self._emit_row(np.resize(tail, self.row_samples))
+            tail = tail[:0]
+        self._buffer = [tail] if tail.size and not final else []
+        self._buffered = tail.size if not final else 0
+
+    def _emit_row(self, row: np.ndarray) -> None:
+        row_s = self.row_samples / self.sample_rate_hz
+        start_s = self._anchor_s + self._run_rows * row_s
+        self._rows.append(row)
+        self._row_starts.append(start_s)
+        self._run_rows += 1
+        self._last_row_end_s = start_s + row_s

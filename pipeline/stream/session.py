@@ -1,0 +1,344 @@
+"""All per-stream state in one place: feature continuity, alignment, detectors, taggers' and face events, summaries.
+
+The driver feeds a StreamSession each decoded chunk together with what the
+shared encoders made of it; the session returns the windows ready for fusion
+and writes events, summaries and the stream's start and end to the sink.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from operators import WindowInput, frame_difference, histogram_distance, spectral_flux
+from operators.speech import WINDOW_S as SPEECH_WINDOW_S
+from pipeline.core.config import Config
+from pipeline.core.media import (
+    ClassScores,
+    EncodedAudio,
+    EncodedVideo,
+    FaceCounts,
+    MediaChunk,
+    StreamInfo,
+)
+from pipeline.observe import metrics
+from pipeline.output.records import Error, Event, StreamEnd, StreamStart, Transcript, Window, transcript_id
+from pipeline.output.sinks import Sink
+from pipeline.stream.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
+from pipeline.stream.detectors.bank import AudioSeries, DetectorBank, VideoSeries
+from pipeline.stream.face_events import FaceEvents
+from pipeline.stream.fusion_io import FusedWindows, FusionRequest
+from pipeline.stream.learned_events import LearnedEvents
+from pipeline.stream.speech_segments import SpeechSegment, SpeechSegmenter, transcripts_wanted
+from pipeline.stream.summary import SummaryTracker
+from pipeline.stream.sync_tracker import SyncTracker
+from pipeline.stream.understanding import Understanding, fuses_tagger_tokens, tagger_modalities
+
+# Audio sub-frames further apart than this are not neighbours: no flux across a gap.
+_SUBFRAME_GAP_S = 0.015
+
+
+def _diff_to_previous(previous: np.ndarray | None, current: np.ndarray, fn) -> np.ndarray:
+    """fn(row i-1, row i) for every row, the first against ``previous`` (NaN without one)."""
+    if len(current) == 0:
+        return np.zeros(0, np.float32)
+    before = current[:-1] if previous is None else np.concatenate([previous[None], current[:-1]])
+    after = current[1:] if previous is None else current
+    values = fn(torch.as_tensor(before), torch.as_tensor(after)).numpy().astype(np.float32)
+    return values if previous is not None else np.concatenate([[np.nan], values]).astype(np.float32)
+
+
+class StreamSession:
+    def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink):
+        self.stream_id, self.uri, self.cfg, self.info, self.sink = stream_id, uri, cfg, info, sink
+        # The face counts are one more modality, so that a window is cut once its face frames are in.
+        face_modality = ("faces",) if cfg.faces.enabled else ()
+        self.aligner = WindowAligner(stream_id, WindowSpec(cfg.align.window_s, cfg.align.hop_s),
+                                     cfg.align.max_skew_s, ("video", "audio", *tagger_modalities(cfg), *face_modality))
+        self.understanding = Understanding(stream_id, cfg, info)
+        self.faces = FaceEvents(stream_id, cfg.faces) if face_modality and info.video is not None else None
+        for modality, present in (("video", info.video), ("audio", info.audio),
+                                  ("sights", self.understanding.sights_on), ("sounds", self.understanding.sounds_on),
+                                  ("faces", self.faces is not None)):
+            if not present and modality in self.aligner.states:
+                self.aligner.finish(modality)  # absent: windows never wait for it
+        self.detectors = DetectorBank(stream_id, cfg.detectors, cfg.speech)
+        # Speech cut into segments for the ASR stage; the driver takes them (take_speech_segments).
+        self.segmenter = SpeechSegmenter(
+            stream_id, cfg.audio.sample_rate_hz, cfg.asr.max_segment_s, cfg.asr.min_segment_s,
+            settle_s=cfg.speech.min_silence_s + SPEECH_WINDOW_S,
+        ) if transcripts_wanted(cfg) and info.audio is not None else None
+        self._speech_segments: list[SpeechSegment] = []
+        self._heard_until_s = 0.0  # end of the last VAD window scored (of the audio, without VAD)
+        self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
+                                      has_video=info.video is not None,
+                                      report_confidence=cfg.av_sync.report_confidence,
+                                      report_min_windows=cfg.av_sync.min_windows)
+        self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
+        self.learned: LearnedEvents | None = None
+        self.summary.tags = self.understanding.top_tags
+        self.fuses_tagger_tokens = fuses_tagger_tokens(cfg)
+        self.started_wall_s = time.monotonic()
+        self._last_hist = self._last_thumb = self._last_bands = None
+        self._last_subframe_t_s: float | None = None
+        self.video_end_s = self.audio_end_s = None
+        self.processed_s = 0.0
+        self.frames_decoded = self.frames_kept = self.decode_errors = self.events = 0
+        self.media_arrived_wall_s: float | None = None  # when the chunk being processed reached avfuse
+        self._label = metrics.stream_label(stream_id)
+        self._late_counted = dict.fromkeys(self.aligner.stats.late_rows, 0)
+        self.closed = False
+        sink.write(StreamStart(stream_id, uri, time.time(), info.duration_s, info.video, info.audio))
+
+    # -- per chunk -------------------------------------------------------------------
+
+    def on_chunk(self, chunk: MediaChunk, video: EncodedVideo | None, audio: EncodedAudio | None) -> list[AlignedWindow]:
+        """Take one decoded chunk and its encodings; returns windows now ready for fusion."""
+        self.media_arrived_wall_s = chunk.received_wall_s or None
+        for reason in chunk.errors:
+            self.sink.write(Error(self.stream_id, "decode", reason, uri=self.uri, at=time.time()))
+        self.frames_decoded += chunk.frames_decoded
+        if video is not None:
+            self._on_video(video)
+        if audio is not None:
+            self._on_audio(audio)
+        speech: list[Event] = []
+        if audio is not None and audio.speech is not None:
+            metrics.get().speech_scored.labels(self._label).inc(len(audio.speech) * audio.speech.window_s)
+            speech = self.detectors.on_speech(audio.speech)
+            self._emit(speech)
+        if chunk.audio is not None and len(chunk.audio):
+            self._segment_speech(chunk, audio, speech)
+        for modality, watermark_s, done in (("video", chunk.video_watermark_s, chunk.video_done),
+                                            ("audio", chunk.audio_watermark_s, chunk.audio_done),
+                                            ("faces", chunk.video_watermark_s, chunk.video_done)):
+            if modality in self.aligner.states:  # face frames are video frames: their bound is the video's
+                self.aligner.advance(modality, watermark_s)
+                if done:
+                    self.aligner.finish(modality)
+        self.understanding.advance(self.aligner, chunk)
+        self.processed_s = max(self.processed_s, chunk.video_watermark_s, chunk.audio_watermark_s)
+        periodic = self.summary.advance(self.processed_s)
+        if periodic is not None:
+            self.sink.write(periodic, self.media_arrived_wall_s)
+        return self._pop_windows()
+
+    def _segment_speech(self, chunk: MediaChunk, audio: EncodedAudio | None, speech: list[Event]) -> None:
+        if self.segmenter is None:
+            return
+        rows = chunk.audio
+        self.segmenter.add_audio(rows.samples_f32, rows.start_s)
+        probs = audio.speech if audio is not None else None
+        if probs is not None and len(probs):
+            self._heard_until_s = float(probs.t_s[-1]) + probs.window_s
+        elif probs is None:  # no speech activity at all: nothing opens, keep no audio
+            self._heard_until_s = float(rows.start_s[-1]) + rows.row_s
+        self._speech_segments += self.segmenter.on_speech(
+            [(e.start_s, e.end_s) for e in speech], self.detectors.speech_open_from_s(), self._heard_until_s)
+
+    def take_speech_segments(self) -> list[SpeechSegment]:
+        """The speech segments cut since the last call, in time order, for the ASR stage."""
+        segments, self._speech_segments = self._speech_segments, []
+        return segments
+
+    def close_speech(self) -> None:
+        """The media ended: close the built-in detectors now (``close`` then finds them closed), so
+        that the last speech segment is cut while its transcript can still reach the final summary."""
+        finished = self.detectors.finish(self.video_end_s, self.audio_end_s)
+        self._emit(finished)
+        if self.segmenter is not None:
+            self._speech_segments += self.segmenter.on_speech(
+                [(e.start_s, e.end_s) for e in finished if e.detector == "speech"], None, self._heard_until_s)
+
+    def on_transcript(self, segment: SpeechSegment, transcription, arrived_wall_s: float | None) -> None:
+        """The ASR stage's answer for ``segment`` (``operators.asr.Transcription``; None: no speech heard)."""
+        if transcription is None:
+            return
+        words = [{"word": w.word, "start_s": round(max(0.0, w.start_s), 3), "end_s": round(max(0.0, w.end_s), 3),
+                  "probability": round(min(1.0, max(0.0, w.probability)), 4)} for w in transcription.words]
+        record = Transcript(
+            self.stream_id, transcript_id(self.stream_id, segment.start_s), round(segment.start_s, 3),
+            round(segment.end_s, 3), transcription.text, transcription.language,
+            round(min(1.0, transcription.language_probability), 4), words,
+            round(min(0.0, transcription.avg_logprob), 4), round(min(1.0, transcription.no_speech_prob), 4),
+            self.cfg.asr.model)
+        self.summary.add_transcript(len(words), record.language, segment.duration_s)
+        self.sink.write(record, arrived_wall_s)
+
+    def on_transcript_failed(self, segment: SpeechSegment, reason: str) -> None:
+        self.sink.write(Error(self.stream_id, "encode", f"no transcript of the speech at "
+                              f"{segment.start_s:.2f}-{segment.end_s:.2f} s: {reason}", uri=self.uri))
+
+    def on_tags(self, chunk: MediaChunk, sights: ClassScores | None, sounds: ClassScores | None) -> None:
+        """The taggers' outputs for one chunk (before ``on_chunk`` of the same chunk)."""
+        self._emit(self.understanding.on_tags(self.aligner, sights, sounds))
+
+    def on_faces(self, faces: FaceCounts | None) -> None:
+        """The face counts of one chunk's face frames (before ``on_chunk`` of the same chunk)."""
+        if self.faces is None or faces is None or len(faces) == 0:
+            return
+        self._emit(self.faces.update(faces))
+        if not self.aligner.states["faces"].done:  # video gave up: what is flushed later is late
+            self.aligner.add("faces", TimedRows(faces.t_s, {"count": faces.count}))
+
+    def _on_video(self, video: EncodedVideo) -> None:
+        self.frames_kept += len(video.t_s)
+        hist_distance = _diff_to_previous(self._last_hist, video.color_hist, histogram_distance)
+        motion = _diff_to_previous(self._last_thumb, video.luma_thumb, frame_difference)
+        self._last_hist, self._last_thumb = video.color_hist[-1], video.luma_thumb[-1]
+        self.video_end_s = float(video.t_s[-1]) + 1.0 / self.cfg.video.fps
+        self._emit(self.detectors.on_video(VideoSeries(video.t_s, video.luma_mean, hist_distance, motion)))
+        self.aligner.add("video", TimedRows(video.t_s, {
+            "tokens": video.tokens_f32, "luma_mean": video.luma_mean, "motion": np.nan_to_num(motion)}))
+
+    def _on_audio(self, audio: EncodedAudio) -> None:
+        k, s = audio.rms_dbfs.shape
+        sub_t_s = (audio.t_s[:, None] + np.arange(s)[None, :] * audio.subframe_s).reshape(-1)
+        bands = audio.band_log_energy.reshape(k * s, -1)
+        neighbour = self._last_bands
+        if self._last_subframe_t_s is not None and sub_t_s[0] - self._last_subframe_t_s > _SUBFRAME_GAP_S:
+            neighbour = None
+        flux = _diff_to_previous(neighbour, bands, spectral_flux)
+        flux[1:][np.diff(sub_t_s) > _SUBFRAME_GAP_S] = np.nan
+        self._last_bands, self._last_subframe_t_s = bands[-1], float(sub_t_s[-1])
+        self.audio_end_s = float(sub_t_s[-1]) + audio.subframe_s
+        self._emit(self.detectors.on_audio(AudioSeries(sub_t_s, audio.rms_dbfs.reshape(-1), flux, audio.subframe_s)))
+        self.aligner.add("audio", TimedRows(audio.t_s, {
+            "tokens": audio.tokens_f32, "rms_dbfs": audio.rms_dbfs.max(axis=1)}))
+
+    def _pop_windows(self) -> list[AlignedWindow]:
+        windows = self.aligner.pop_ready()
+        self._emit(self.understanding.on_windows(windows))
+        partial = sum(w.partial for w in windows)
+        self.summary.add_windows(len(windows), partial)
+        m = metrics.get()
+        m.windows.labels(self._label, "complete").inc(len(windows) - partial)
+        m.windows.labels(self._label, "partial").inc(partial)
+        for modality, late in self.aligner.stats.late_rows.items():
+            m.late_rows.labels(self._label, modality).inc(late - self._late_counted[modality])
+            self._late_counted[modality] = late
+        return windows
+
+    def _emit(self, events: list[Event]) -> None:
+        for event in events:
+            self.events += 1
+            self.summary.add_event(event)
+            self.sink.write(event, self.media_arrived_wall_s)
+            if event.label == "scene_cut":  # the scene before it ends: its tags as a `scene` event
+                self._emit(self.understanding.on_scene_cut(event.start_s))
+
+    # -- fusion ----------------------------------------------------------------------
+
+    def fusion_inputs(self, windows: list[AlignedWindow]) -> FusionRequest:
+        """The fusion stage's request: the encoders' tokens, and the taggers' when the fusion reads them."""
+        def part(window: AlignedWindow, modality: str):
+            rows = window.rows.get(modality)
+            return (None, None) if rows is None or len(rows) == 0 else (rows.columns["tokens"], rows.t_s)
+
+        def inputs(video: str, audio: str) -> list[WindowInput]:
+            return [WindowInput(w.start_s, *part(w, video), *part(w, audio)) for w in windows]
+
+        return FusionRequest(inputs("video", "audio"),
+                             inputs("sights", "sounds") if self.fuses_tagger_tokens else None)
+
+    def on_fused(self, windows: list[AlignedWindow], fused: FusedWindows) -> None:
+        """The fusion stage's results for ``windows``: A/V offset, learned events, window records."""
+        if fused.sync_probs is not None:
+            if self.sync is None:
+                self.sync = SyncTracker(self.stream_id, self.cfg.av_sync, fused.sync_lags_s)
+                self.summary.sync = self.sync
+            for window, probs, valid in zip(windows, fused.sync_probs, fused.sync_valid):
+                if valid:
+                    evidence = self._visible(window) and self._filled(window)
+                    self._emit(self.sync.add(window.start_s, window.end_s, probs, evidence))
+        if fused.label_probs is not None:
+            if self.learned is None:
+                self.learned = LearnedEvents(self.stream_id, self.cfg.event_head, fused.labels, fused.head_version)
+            for window, probs in zip(windows, fused.label_probs):
+                self._emit(self.learned.update(window.start_s, window.end_s, probs))
+        if not self.cfg.records.windows:
+            return
+        for window, embedding in zip(windows, fused.embedding):
+            self.sink.write(Window(
+                self.stream_id, window.index, window.start_s, window.end_s,
+                video_tokens=_count(window, "video"), audio_tokens=_count(window, "audio"),
+                missing=sorted(window.missing), fusion=self.cfg.fusion.strategy,
+                embedding=[round(float(x), 6) for x in embedding], signals=_window_signals(window),
+                sight_tokens=_count(window, "sights"), sound_tokens=_count(window, "sounds"),
+                tokens_from="taggers" if self.fuses_tagger_tokens else "encoders",
+                faces=_max_faces(window), text=self.understanding.window_text(window)),
+                self.media_arrived_wall_s)
+
+    def _filled(self, window: AlignedWindow) -> bool:
+        """Whether picture and sound both run through the whole window. A window past the media's
+        end holds a fraction of it: the sync head was trained on whole windows, and on such
+        windows of a 2.4 s held-out clip it was sure of a +0.19 s that was not there."""
+        slack_s = {"video": 1.0 / self.cfg.video.fps, "audio": self.cfg.audio.token_s}
+        for modality, tolerance_s in slack_s.items():
+            rows = window.rows.get(modality)
+            if (rows is None or len(rows) == 0 or rows.t_s[0] > window.start_s + tolerance_s + 1e-6
+                    or rows.t_s[-1] < window.end_s - 2 * tolerance_s - 1e-6):
+                return False
+        return True
+
+    def _visible(self, window: AlignedWindow) -> bool:
+        """Whether the window's picture is neither black nor frozen (thresholds of those detectors)."""
+        rows = window.rows.get("video")
+        if rows is None or len(rows) == 0:
+            return False
+        detectors = self.cfg.detectors
+        return (float(rows.columns["luma_mean"].max()) > detectors.black_video.max_luma
+                and float(rows.columns["motion"].max()) > detectors.frozen_video.max_motion)
+
+    # -- end -------------------------------------------------------------------------
+
+    def close(self, status: str, reason: str | None = None) -> StreamEnd:
+        """Close open conditions, write the final summary and stream_end. Idempotent."""
+        if self.closed:
+            raise RuntimeError(f"stream {self.stream_id} closed twice")
+        self.closed = True
+        self._emit(self.detectors.finish(self.video_end_s, self.audio_end_s))
+        self._emit(self.understanding.finish(self.video_end_s, self.audio_end_s))
+        if self.faces is not None:
+            self._emit(self.faces.finish(self.video_end_s))
+        for heads in (self.sync, self.learned):
+            if heads is not None:
+                self._emit(heads.finish())
+        self.sink.write(self.summary.build(final=True), self.media_arrived_wall_s)
+        end = StreamEnd(self.stream_id, status, reason, round(self.processed_s, 3),
+                        round(time.monotonic() - self.started_wall_s, 3), self.events,
+                        self.frames_decoded, self.frames_kept, self.decode_errors)
+        self.sink.write(end)
+        return end
+
+
+def _count(window: AlignedWindow, modality: str) -> int:
+    rows = window.rows.get(modality)
+    return 0 if rows is None else len(rows)
+
+
+def _max_faces(window: AlignedWindow) -> int | None:
+    """The most faces in one of the window's face frames; None without face frames (or faces off)."""
+    rows = window.rows.get("faces")
+    return None if rows is None or len(rows) == 0 else int(rows.columns["count"].max())
+
+
+# How close to its peak a signal must come to count as reaching it (ties are common:
+# a flash or a beep is flat at its peak, and the first time it is reached is the news).
+_PEAK_TOLERANCE = {"luma_mean": 0.02, "rms_dbfs": 1.0}
+
+
+def _window_signals(window: AlignedWindow) -> dict[str, float]:
+    """How bright and loud the window got, and when it first did (for inspection and tests)."""
+    signals: dict[str, float] = {}
+    for modality, column, prefix in (("video", "luma_mean", "peak_luma"), ("audio", "rms_dbfs", "peak_dbfs")):
+        rows = window.rows.get(modality)
+        if rows is not None and len(rows):
+            values = rows.columns[column]
+            peak = float(values.max())
+            first = int(np.argmax(values >= peak - _PEAK_TOLERANCE[column]))
+            signals[prefix] = round(peak, 4)
+            signals[f"{prefix}_t_s"] = round(float(rows.t_s[first]), 3)
+    return signals
