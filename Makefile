@@ -34,7 +34,7 @@ $(SAMPLE): | setup
 sample: $(SAMPLE)
 
 replay: setup $(if $(VIDEO),,$(SAMPLE))
-	$(VENV)/bin/avfuse replay $(if $(VIDEO),$(VIDEO),$(SAMPLE)) --out $(OUT)
+	$(VENV)/bin/avfuse replay $(if $(VIDEO),$(VIDEO),$(SAMPLE)) --out $(OUT) --report $(basename $(OUT)).html
 
 # promtool (Debian's prometheus package) checks the metrics exposition in the tests;
 # espeak-ng speaks the sentence of the speech-activity test clip; kubectl renders the k8s

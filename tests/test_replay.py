@@ -135,7 +135,7 @@ def test_final_summary_counts_match_the_events(replay, clips):
 
 
 def test_periodic_summaries_every_n_stream_seconds(pipeline, replay, clips, monkeypatch):
-    # Sessions live in the driver and read the pipeline's config when a stream starts.
+    # A stream runs under the pipeline's config as it is when the stream starts.
     monkeypatch.setattr(pipeline.cfg.records, "summary_every_s", 5.0)
     summaries = replay(clips["av.mp4"]).of("summary")
     assert [s["final"] for s in summaries] == [False, False, True]

@@ -137,7 +137,7 @@ def test_written_records_fit_the_record_schemas(written):
     import jsonschema
 
     for record in map(json.loads, written.read_text().splitlines()):
-        schema_file = REPO / "pipeline" / "schemas" / f"{record['type']}.schema.json"
+        schema_file = REPO / "pipeline" / "output" / "schemas" / f"{record['type']}.schema.json"
         if record["type"] != "summary":  # the test's summary carries only the fields search reads
             jsonschema.validate(record, json.loads(schema_file.read_text()))
 

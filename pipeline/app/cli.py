@@ -6,6 +6,7 @@ others still completed); 2 usage or configuration error; 130 interrupted.
 unreachable at start, an exactly-once transaction failed: restart it); 2 usage.
 ``exporter``: 0 after SIGTERM; 1 its port or folder is unusable; 2 usage.
 ``search``: 0 results or "no match"; 2 usage or a file that is no avfuse records (pipeline/search/cli.py).
+``report``: 0 written; 2 usage, a missing file or no avfuse records; 1 anything else (pipeline/report/command.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pipeline.core.config import Config, ConfigError, config_to_yaml, load_config
-from pipeline.core.errors import OperatorLoadError, ServiceError
+from pipeline.core.errors import OperatorLoadError, ServiceError, one_line
 from pipeline.observe.logs import setup_logging
+from pipeline.report.command import add_report_parser, run_report
 from pipeline.search.cli import add_search_parser, run_search
 from pipeline.training.commands import add_train_parser
 
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--metrics-textfile", metavar="PATH",
                         help="write the final metrics here when the replay ends (node_exporter textfile "
                              "collector format; name it *.prom)")
+    replay.add_argument("--report", metavar="REPORT.html",
+                        help="also render the records (--out) as an HTML timeline here, thumbnails from PATHs")
     _common(replay)
     run = sub.add_parser("run", help="the Kafka service: consume jobs and media segments until SIGTERM")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="override metrics.port")
@@ -63,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("out", metavar="OUT.mp4")
     add_train_parser(sub)
     add_search_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else quiet, getattr(args, "log_format", "text"))
     if args.command == "search":  # reads records files only: no config, no Ray
         return run_search(args)
+    if args.command == "report":  # reads a records file (and media) only: no config, no Ray
+        return run_report(args)
     if args.command == "sample":
         from pipeline.app.sample import write_clip
 
@@ -112,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_service(cfg, args.metrics_port, debug=args.debug)
         from pipeline.app.replay import run_replay
 
-        return run_replay(cfg, args.paths, show_progress=not args.no_progress, debug=args.debug,
-                          metrics_port=args.metrics_port, metrics_textfile=args.metrics_textfile,
-                          json_logs=args.log_format == "json")
+        if args.report and not cfg.records.jsonl:
+            print("avfuse: --report renders the records file: give --out too", file=sys.stderr)
+            return EXIT_USAGE
+        status = run_replay(cfg, args.paths, show_progress=not args.no_progress, debug=args.debug,
+                            metrics_port=args.metrics_port, metrics_textfile=args.metrics_textfile,
+                            json_logs=args.log_format == "json")
+        if args.report:
+            report_status = _report(cfg.records.jsonl, args.paths, args.report)
+            status = status if report_status == EXIT_OK else max(status, EXIT_STREAM_FAILED)
+        return status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OperatorLoadError as exc:  # the config names weights that do not fit it
@@ -126,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one line unless --debug
         if args.debug:
             raise
-        print(f"avfuse: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-              file=sys.stderr)
+        print(f"avfuse: {one_line(exc, with_type=True)}", file=sys.stderr)
         return EXIT_STREAM_FAILED
 
 
@@ -146,6 +160,14 @@ def _exporter(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_STREAM_FAILED
 
 
+def _report(records: str, paths: list[str], out: str) -> int:
+    """The replay's report, thumbnails from the files it replayed (URLs are left out)."""
+    from pipeline.report.command import run_report
+
+    media = [p for p in paths if Path(p).exists()]
+    return run_report(argparse.Namespace(records=records, media=media, out=out, debug=False))
+
+
 def _train(cfg: Config, args: argparse.Namespace) -> int:
     from operators.checkpoint import CheckpointError
     from pipeline.training.commands import run_train
@@ -157,7 +179,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as exc:  # bad annotations, clips or weights
         if args.debug:
             raise
-        print(f"avfuse: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"avfuse: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.core.config import Config
 from pipeline.core.media import AudioRows, SpeechProbs
+from pipeline.core.errors import one_line
 
 log = logging.getLogger("avfuse.speech")
 
@@ -35,7 +36,7 @@ class SpeechScoring:
             self._make = SpeechActivity
             self._make(self.sample_rate_hz)  # fail here, once, not per stream
         except Exception as exc:  # an optional detector must not stop the audio stage
-            self.unavailable = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.unavailable = one_line(exc)
             log.warning("speech detection disabled: %s", self.unavailable, extra={"stage": "speech"})
 
     def score(self, rows: AudioRows) -> SpeechProbs | None:

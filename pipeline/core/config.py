@@ -52,6 +52,11 @@ class DecodeConfig(Section):
     threads: int = Field(0, ge=0, description="PyAV decoder threads; 0 lets FFmpeg choose")
     max_inflight_chunks: int = Field(3, ge=1, description="decoded chunks in flight per stream (bounds memory)")
     realtime: bool = Field(False, description="pace decoding at media speed, as a live source would")
+    skip_nonref: bool | Literal["auto"] = Field(
+        "auto", description="leave out the video frames no other frame references (most B-frames) unless a "
+                            "sampler keeps them; auto: while every sampler keeps under half the source's rate")
+    fast: bool = Field(False, description="skip the video decoder's deblocking filter: faster, kept frames a "
+                                          "little worse (most on streams without B-frames)")
 
 
 class VisionEncoderConfig(Section):
@@ -309,6 +314,8 @@ class RecordsConfig(Section):
     summary_every_s: float = Field(30.0, gt=0, description="stream seconds between summary records")
     top_moments: int = Field(5, ge=0)
     windows: bool = Field(False, description="also emit one `window` record per fused window")
+    signals: bool = Field(True, description="emit `signals` records: loudness, luma and motion per second, "
+                                            "once per summary period (what `avfuse report` draws)")
     jsonl: str | None = Field(None, description="append records to this JSONL file")
     stdout: bool = Field(True, description="print events and summaries in human-readable form")
 

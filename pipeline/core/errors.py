@@ -36,3 +36,12 @@ class ClusterLost(AvfuseError):
     """The shared operator actors no longer answer (the head restarted, their worker is gone):
     this process cannot rebuild them. The stream it ends is not done: it runs again after a
     restart of the service."""
+
+
+def one_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message, what a user reads: its type name when it has none,
+    and before it with ``with_type`` (for errors whose message alone does not say what failed)."""
+    text = str(exc).strip().splitlines()
+    if with_type:
+        return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return text[0] if text else type(exc).__name__

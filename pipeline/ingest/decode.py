@@ -5,7 +5,10 @@ raises StreamOpenError; ``chunks()`` then yields MediaChunks of about
 ``decode.chunk_s`` media seconds each, the last one with both modalities done.
 Video is sampled at ``video.fps`` by PTS and only kept frames are converted to
 RGB, at the encoder's size; the image tagger's and the face detector's frames
-are sampled apart, at their own rates and sizes, when they run. Audio is
+are sampled apart, at their own rates and sizes, when they run. While every
+sampler keeps under half the source's frame rate, the frames no other frame
+references are not decoded unless a sampler keeps them (``decode.skip_nonref``);
+``decode.fast`` skips deblocking. Audio is
 resampled by PyAV to mono float32 at ``audio.sample_rate_hz`` and cut into rows
 of ``audio.token_s``.
 """
@@ -19,16 +22,19 @@ from typing import Any, Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from pipeline.core.config import Config
-from pipeline.core.errors import StreamOpenError
+from pipeline.core.errors import StreamOpenError, one_line
 from pipeline.core.media import MediaChunk, StreamInfo, VideoFrames
 from pipeline.ingest.audio_patches import PatchCutter, sound_patches_wanted
+from pipeline.ingest.nonref_skip import NonrefSkipper, sampler_rates, skip_nonref_wanted
 from pipeline.ingest.audio_rows import AudioRowCutter
 
 # After this many failed packets in a row a modality is given up (e.g. a corrupt
 # audio track, ~15 s of AAC): its windows are then masked and the other modality goes on.
 MAX_CONSECUTIVE_PACKET_ERRORS = 250
+
 
 
 @dataclass
@@ -84,11 +90,6 @@ def _pick_stream(streams, best):
     return defaults[0] if defaults else None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 class MediaDecoder:
     """Decodes ``uri``, or with ``source`` a file-like object PyAV reads (a Kafka SegmentPipe;
     ``uri`` then only names it in messages)."""
@@ -105,6 +106,7 @@ class MediaDecoder:
         self.origin_s = 0.0
         self.frames_kept = 0
         self.decode_errors = 0
+        self.nonref_skipper: NonrefSkipper | None = None
 
     def open(self) -> StreamInfo:
         import contextlib
@@ -125,7 +127,7 @@ class MediaDecoder:
                                          options=options, timeout=(10.0, 30.0))
         except (OSError, av.error.FFmpegError, ValueError) as exc:
             refused = self.egress.refused(self.stream_id) if self.egress is not None else None
-            reason = f"cannot open {redact(self.uri)}: {_one_line(exc)}"
+            reason = f"cannot open {redact(self.uri)}: {one_line(exc, with_type=True)}"
             raise refused or StreamOpenError(self.stream_id, reason) from exc
         refused = self.egress.refused(self.stream_id) if self.egress is not None else None
         if refused is not None:  # FFmpeg went on without the refused hop (HLS skips a segment): the job fails
@@ -147,7 +149,20 @@ class MediaDecoder:
             if s is not None:
                 s.thread_type = "AUTO"
                 s.codec_context.thread_count = self.cfg.decode.threads
+        if self.video_stream is not None:
+            self._set_video_decode_modes(self.video_stream)
         return StreamInfo(duration_s=self._duration_s(), video=self._video_info(), audio=self._audio_info())
+
+    def _set_video_decode_modes(self, stream) -> None:
+        """decode.fast and decode.skip_nonref, before the first decode."""
+        if self.cfg.decode.fast:
+            # No deblocking in any frame: an AVOption, which avcodec_open2 takes at the first decode.
+            stream.codec_context.options = {**(stream.codec_context.options or {}), "skip_loop_filter": "all"}
+        rate = stream.average_rate or stream.guessed_rate
+        source_fps = float(rate) if rate else None
+        if skip_nonref_wanted(self.cfg, source_fps):
+            self.nonref_skipper = NonrefSkipper(stream.codec_context, sampler_rates(self.cfg), source_fps,
+                                                 self.origin_s)
 
     def _duration_s(self) -> float | None:
         if self.container.duration is not None and self.container.duration > 0:
@@ -193,6 +208,10 @@ class MediaDecoder:
         face_fps = cfg.faces.fps if cfg.faces.enabled else None
         face_size: tuple[int, int] | None = None  # (width, height), from the stream's first frame
         last_kept_slot = last_tag_slot = last_face_slot = -1
+        # One scaler per output size, kept for the stream: frame.to_ndarray(width=...) builds a new
+        # SwsContext, with its slice threads, for every frame.
+        kept_scaler, tag_scaler, face_scaler = VideoReformatter(), VideoReformatter(), VideoReformatter()
+        skipper = self.nonref_skipper
         seq = 0
         next_boundary_s = cfg.decode.chunk_s
         pending = _PendingChunk(received_wall_s=time.time())
@@ -237,12 +256,14 @@ class MediaDecoder:
                 progress = video if is_video else audio
                 if progress.done:
                     continue
+                if is_video and skipper is not None:
+                    skipper.before(packet)
                 try:
                     frames = packet.decode()
                 except (av.error.FFmpegError, ValueError) as exc:
                     self.decode_errors += 1
                     packet_s = float(packet.pts * packet.time_base) - self.origin_s if packet.pts is not None else None
-                    gave_up = progress.failed(packet_s, _one_line(exc))
+                    gave_up = progress.failed(packet_s, one_line(exc, with_type=True))
                     if gave_up:
                         pending.errors.append(gave_up)
                     continue
@@ -255,30 +276,29 @@ class MediaDecoder:
                     t_s = float(frame.pts * frame.time_base) - self.origin_s
                     if is_video:
                         pending.frames_decoded += 1
+                        if skipper is not None:
+                            skipper.decoded(t_s)
                         video.watermark_s = max(video.watermark_s, t_s)
                         slot = math.floor(t_s * cfg.video.fps + 1e-6)
                         if slot > last_kept_slot:
                             last_kept_slot = slot
                             # Only kept frames pay for scaling and RGB conversion. AREA is an
                             # anti-aliased box filter, 3x cheaper than swscale's bicubic default.
-                            pending.frames.append(frame.to_ndarray(width=size, height=size, format="rgb24",
-                                                                   interpolation="AREA"))
+                            pending.frames.append(_rgb(kept_scaler, frame, size, size))
                             pending.frame_pts_s.append(t_s)
                             self.frames_kept += 1
                         tag_slot = math.floor(t_s * tag_fps + 1e-6) if tag_fps else -1
                         if tag_slot > last_tag_slot:
                             # The tagger's frames are sampled apart: fewer, and at its own size.
                             last_tag_slot = tag_slot
-                            pending.tag_frames.append(frame.to_ndarray(width=tag_size, height=tag_size,
-                                                                       format="rgb24", interpolation="AREA"))
+                            pending.tag_frames.append(_rgb(tag_scaler, frame, tag_size, tag_size))
                             pending.tag_pts_s.append(t_s)
                         face_slot = math.floor(t_s * face_fps + 1e-6) if face_fps else -1
                         if face_slot > last_face_slot:
                             # One size per stream, so a chunk's face frames stack (and batch).
                             last_face_slot = face_slot
                             face_size = face_size or face_frame_size(frame.width, frame.height, cfg.faces.width)
-                            pending.face_frames.append(frame.to_ndarray(width=face_size[0], height=face_size[1],
-                                                                        format="rgb24", interpolation="AREA"))
+                            pending.face_frames.append(_rgb(face_scaler, frame, *face_size))
                             pending.face_pts_s.append(t_s)
                     else:
                         cutter.push(frame, t_s)
@@ -289,11 +309,19 @@ class MediaDecoder:
                         _sleep_until(wall_start, media_s)
                     yield emit(final=False)
         except (av.error.FFmpegError, OSError) as exc:
-            pending.errors.append(f"demuxing stopped: {_one_line(exc)}")
+            pending.errors.append(f"demuxing stopped: {one_line(exc, with_type=True)}")
         for progress in (video, audio):
             if progress.consecutive_errors and not progress.done:
                 pending.errors.append(progress.recovered())
         yield emit(final=True)
+
+
+def _rgb(scaler: VideoReformatter, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    """``frame`` in RGB at ``width`` x ``height`` through ``scaler``, which keeps its SwsContext (FFmpeg
+    rebuilds its scaling graph only when a size, format or flag changes); one thread: the outputs are
+    small, and the decoder's threads have the cores."""
+    return scaler.reformat(frame, width=width, height=height, format="rgb24", interpolation="AREA",
+                           threads=1).to_ndarray()
 
 
 def face_frame_size(width: int, height: int, face_width: int) -> tuple[int, int]:

@@ -4,7 +4,7 @@ One asyncio loop owns the pipeline; the KafkaConsumer lives on one worker thread
 (kafka-python consumers are not thread-safe) and every call to it goes there.
 Per message:
 - a job starts a stream from a URI (checked by the URI policy) or stops one;
-- a media segment is fed to its stream's decoder, starting the stream on the
+- a media segment is fed to its stream's actor, starting the stream on the
   first segment and ending it on ``eos``.
 A message's offset is done when the stream it belongs to has ended and every
 record of that stream is acknowledged (``pipeline/kafka/offsets.py``); bad messages
@@ -57,7 +57,7 @@ class _Stream:
     stream_id: str
     task: asyncio.Task
     offsets: list[tuple[str, int, int]] = field(default_factory=list)  # every message that fed it
-    decoder: object | None = None  # segmented streams: the actor fed with bytes
+    actor: object | None = None  # segmented streams: the stream actor fed with bytes
     sequence: SequenceCheck | None = None
     ended: bool = False  # eos seen (segmented)
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # ends it after the chunk in hand
@@ -169,8 +169,8 @@ class Service:
         log.info("stopping: %d streams in flight", len(self.streams))
         for stream in list(self.streams.values()):
             stream.stop.set()
-            if stream.decoder is not None:
-                stream.decoder.end.remote()  # a segmented decoder must not wait for bytes that will not come
+            if stream.actor is not None:
+                stream.actor.end.remote()  # a segmented decoder must not wait for bytes that will not come
         await asyncio.gather(*(s.task for s in list(self.streams.values())), return_exceptions=True)
         await asyncio.gather(*list(self._endings), return_exceptions=True)
         await self._commit()
@@ -242,8 +242,8 @@ class Service:
             if stream is not None:
                 stream.stop_requested = True
                 stream.stop.set()
-                if stream.decoder is not None:
-                    stream.decoder.end.remote()
+                if stream.actor is not None:
+                    stream.actor.end.remote()
             else:
                 log.info("stop for a stream that is not running", extra={"stream_id": job.stream_id, "stage": "jobs"})
             self.offsets.done(*where)
@@ -279,21 +279,21 @@ class Service:
             if "out of order" in problem:
                 return
         if message.value:
-            await stream.decoder.feed.remote(message.value)
+            await stream.actor.feed.remote(message.value)
         if eos:
             stream.ended = True
-            stream.decoder.end.remote()
+            stream.actor.end.remote()
 
     def _start(self, stream_id: str, uri: str, where, open_uri: str | None = None,
                options: dict[str, str] | None = None, segmented: bool = False) -> _Stream:
-        decoder = self.pipeline.segmented_decoder(stream_id, uri) if segmented else None
+        actor = self.pipeline.segmented_stream(stream_id, uri) if segmented else None
         sink = self.committer.stream_sink(stream_id, self.sink)
         if open_uri is not None:
             sink = _JobSink(sink, where, open_uri, uri)
         stop = asyncio.Event()
-        coro = self.pipeline.run_stream(stream_id, open_uri or uri, sink, decoder=decoder, live=segmented,
+        coro = self.pipeline.run_stream(stream_id, open_uri or uri, sink, actor=actor, live=segmented,
                                         open_options=options, stop=stop)
-        stream = _Stream(stream_id, asyncio.ensure_future(coro), [where], decoder,
+        stream = _Stream(stream_id, asyncio.ensure_future(coro), [where], actor,
                          SequenceCheck() if segmented else None, stop=stop)
         self.streams[stream_id] = stream
         stream.task.add_done_callback(self._on_task_done(stream))

@@ -74,7 +74,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         kw = {"registry": registry}
-        # decode (DecodeActor)
+        # decode (StreamActor)
         self.frames_decoded = Counter("avfuse_frames_decoded_total", "Video frames decoded", ["stream"], **kw)
         self.frames_kept = Counter("avfuse_frames_kept_total",
                                    "Decoded frames kept (sampled at video.fps, converted to RGB)", ["stream"], **kw)
@@ -96,7 +96,7 @@ class Metrics:
                                                 buckets=_LATENCY_BUCKETS_S, **kw)
         self.gpu_memory = Gauge("avfuse_gpu_memory_bytes", "CUDA memory allocated by an operator",
                                 ["operator", "device"], multiprocess_mode="livesum", **kw)
-        # alignment and fusion (driver)
+        # alignment and fusion (StreamActor)
         self.windows = Counter("avfuse_windows_total",
                                "Windows emitted for fusion; state=partial when a modality was missing",
                                ["stream", "state"], **kw)
@@ -113,6 +113,10 @@ class Metrics:
         self.live_lag = Gauge("avfuse_live_lag_seconds",
                               "How far a live stream's processing is behind real time", ["stream"],
                               multiprocess_mode="livemax", **kw)
+        # driver
+        self.driver_received_bytes = Counter("avfuse_driver_received_bytes_total",
+                                             "Bytes the driver received from stream actors (pickled record "
+                                             "batches: records only, never media)", ["stream"], **kw)
         # sinks
         self.records_published = Counter("avfuse_records_published_total",
                                          "Records acknowledged by a sink, by record type and event label",

@@ -182,8 +182,23 @@ class Window(Record):
     text: str | None = None  # "heard: Music, Piano; seen: crutch"; None: no tag in the window (or no taggers)
 
 
+@dataclass
+class Signals(Record):
+    """Loudness, luma and motion of consecutive bins of ``step_s`` from ``start_s``: for each,
+    ``{"mean": [...], "peak": [...]}``, one value per bin, None where the bin had no sample.
+    One record per summary period; a stream's records tile its media time."""
+
+    record_type: ClassVar[str] = "signals"
+    stream_id: str
+    start_s: float
+    step_s: float
+    loudness_dbfs: dict[str, list[float | None]]  # RMS of 10 ms audio sub-frames, dBFS
+    luma: dict[str, list[float | None]]  # mean BT.601 luma of kept frames, 0..1
+    motion: dict[str, list[float | None]]  # thumbnail difference to the previous kept frame, 0..1
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window, Transcript)
+    cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window, Transcript, Signals)
 }
 
 

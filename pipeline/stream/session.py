@@ -31,6 +31,7 @@ from pipeline.stream.detectors.bank import AudioSeries, DetectorBank, VideoSerie
 from pipeline.stream.face_events import FaceEvents
 from pipeline.stream.fusion_io import FusedWindows, FusionRequest
 from pipeline.stream.learned_events import LearnedEvents
+from pipeline.stream.signal_curves import SignalCurves
 from pipeline.stream.speech_segments import SpeechSegment, SpeechSegmenter, transcripts_wanted
 from pipeline.stream.summary import SummaryTracker
 from pipeline.stream.sync_tracker import SyncTracker
@@ -71,6 +72,8 @@ class StreamSession:
             settle_s=cfg.speech.min_silence_s + SPEECH_WINDOW_S,
         ) if transcripts_wanted(cfg) and info.audio is not None else None
         self._speech_segments: list[SpeechSegment] = []
+        self.curves = SignalCurves(stream_id, has_video=info.video is not None,
+                                   has_audio=info.audio is not None) if cfg.records.signals else None
         self._heard_until_s = 0.0  # end of the last VAD window scored (of the audio, without VAD)
         self.summary = SummaryTracker(stream_id, cfg.records.summary_every_s, cfg.records.top_moments,
                                       has_video=info.video is not None,
@@ -122,6 +125,7 @@ class StreamSession:
         self.processed_s = max(self.processed_s, chunk.video_watermark_s, chunk.audio_watermark_s)
         periodic = self.summary.advance(self.processed_s)
         if periodic is not None:
+            self._write_curves(final=False)
             self.sink.write(periodic, self.media_arrived_wall_s)
         return self._pop_windows()
 
@@ -190,6 +194,8 @@ class StreamSession:
         self._last_hist, self._last_thumb = video.color_hist[-1], video.luma_thumb[-1]
         self.video_end_s = float(video.t_s[-1]) + 1.0 / self.cfg.video.fps
         self._emit(self.detectors.on_video(VideoSeries(video.t_s, video.luma_mean, hist_distance, motion)))
+        if self.curves is not None:
+            self.curves.add_video(video.t_s, video.luma_mean, motion, self.video_end_s)
         self.aligner.add("video", TimedRows(video.t_s, {
             "tokens": video.tokens_f32, "luma_mean": video.luma_mean, "motion": np.nan_to_num(motion)}))
 
@@ -205,8 +211,15 @@ class StreamSession:
         self._last_bands, self._last_subframe_t_s = bands[-1], float(sub_t_s[-1])
         self.audio_end_s = float(sub_t_s[-1]) + audio.subframe_s
         self._emit(self.detectors.on_audio(AudioSeries(sub_t_s, audio.rms_dbfs.reshape(-1), flux, audio.subframe_s)))
+        if self.curves is not None:
+            self.curves.add_audio(sub_t_s, audio.rms_dbfs.reshape(-1), self.audio_end_s)
         self.aligner.add("audio", TimedRows(audio.t_s, {
             "tokens": audio.tokens_f32, "rms_dbfs": audio.rms_dbfs.max(axis=1)}))
+
+    def _write_curves(self, final: bool) -> None:
+        record = self.curves.take(final) if self.curves is not None else None
+        if record is not None:
+            self.sink.write(record, self.media_arrived_wall_s)
 
     def _pop_windows(self) -> list[AlignedWindow]:
         windows = self.aligner.pop_ready()
@@ -306,6 +319,7 @@ class StreamSession:
         for heads in (self.sync, self.learned):
             if heads is not None:
                 self._emit(heads.finish())
+        self._write_curves(final=True)
         self.sink.write(self.summary.build(final=True), self.media_arrived_wall_s)
         end = StreamEnd(self.stream_id, status, reason, round(self.processed_s, 3),
                         round(time.monotonic() - self.started_wall_s, 3), self.events,

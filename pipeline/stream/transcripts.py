@@ -21,6 +21,7 @@ from typing import Protocol
 
 from pipeline.observe import metrics
 from pipeline.stream.speech_segments import SpeechSegment
+from pipeline.core.errors import one_line
 
 log = logging.getLogger("avfuse.transcripts")
 
@@ -36,12 +37,6 @@ class TranscriptSink(Protocol):
 
     def on_transcript(self, segment: SpeechSegment, transcription, arrived_wall_s: float | None) -> None: ...
     def on_transcript_failed(self, segment: SpeechSegment, reason: str) -> None: ...
-
-
-def _one_line(exc: BaseException) -> str:
-    exc = getattr(exc, "cause", None) or exc  # the user-level error inside a Ray task error
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class TranscriptRequests:
@@ -73,7 +68,7 @@ class TranscriptRequests:
                 transcription, reason = await self._actor.submit.remote(segment), None
             except Exception as exc:  # one segment's failure costs its transcript, not the stream
                 log.debug("transcript of %s at %.2f s failed", segment.stream_id, segment.start_s, exc_info=True)
-                transcription, reason = None, _one_line(exc)
+                transcription, reason = None, one_line(getattr(exc, "cause", None) or exc)
         finally:
             self._gauge.dec()
         if previous is not None:

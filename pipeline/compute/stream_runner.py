@@ -1,0 +1,217 @@
+"""One stream from open to end, inside its stream actor: where a stream's data path runs.
+
+Decoding runs ahead on the actor's decode thread, at most ``decode.max_inflight_chunks``
+chunks (so memory stays flat on long inputs). Each chunk is put into the object store
+once and goes by reference to the shared operator actors (vision, audio, the taggers,
+faces), which batch across streams; their tokens come back here, where the session
+aligns, detects and sends ready windows to the fusion actor. Speech segments go to the
+ASR actor as tasks of their own (``pipeline/stream/transcripts.py``). Records go to the
+``RecordRelay``, the only thing the driver sees. The only things flowing back are the
+bounded numbers of outstanding decode, transcript and record requests (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from pipeline.compute.record_relay import RecordRelay, StreamResult
+from pipeline.core.config import Config
+from pipeline.core.errors import StreamOpenError, one_line
+from pipeline.core.media import MediaChunk
+from pipeline.ingest.decode import MediaDecoder
+from pipeline.observe import metrics
+from pipeline.output.records import Error, StreamEnd
+from pipeline.stream.session import StreamSession
+from pipeline.stream.transcripts import TranscriptRequests
+
+log = logging.getLogger("avfuse.runtime")
+
+
+@dataclass(frozen=True)
+class OperatorHandles:
+    """The shared operator actors a stream sends its media to (None: that operator does not run)."""
+
+    vision: Any
+    audio: Any
+    fusion: Any
+    image_tags: Any = None
+    sound_tags: Any = None
+    faces: Any = None
+    asr: Any = None
+
+
+class StreamRunner:
+    """Runs one stream: ``run()`` returns its StreamResult and never raises for the stream's own
+    failures (they become error records); ``stop()`` ends it after the chunk in hand."""
+
+    def __init__(self, cfg: Config, operators: OperatorHandles, decoder: MediaDecoder, relay: RecordRelay,
+                 decode_thread: ThreadPoolExecutor, live: bool):
+        self.cfg, self.ops, self.decoder, self.relay = cfg, operators, decoder, relay
+        self.stream_id, self.uri = decoder.stream_id, decoder.uri
+        self._decode_thread = decode_thread
+        self.live = live
+        self._stop = asyncio.Event()
+        self._label = metrics.stream_label(self.stream_id)
+        self._errors_counted = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> StreamResult:
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(self._decode_thread, self.decoder.open)
+        except StreamOpenError as exc:
+            return self._failed_to_open(exc.reason)
+        except Exception as exc:  # an open that failed in a way the decoder did not name
+            log.debug("stream %s: open failed", self.stream_id, exc_info=True)
+            return self._failed_to_open(one_line(exc))
+        session = StreamSession(self.stream_id, self.uri, self.cfg, info, self.relay)
+        self.relay.progress(0.0, info.duration_s)  # the stream's clock starts now
+        transcripts = (TranscriptRequests(self.ops.asr, session)
+                       if self.ops.asr is not None and session.segmenter else None)
+        status, reason = "ok", None
+        try:
+            stopped = await self._pump(session, info.duration_s, transcripts)
+            reason = "stopped before its end" if stopped else _truncation(session.processed_s, info.duration_s)
+            if stopped:
+                status = "interrupted"
+            elif reason:
+                status = "failed"
+                self.relay.write(Error(self.stream_id, "decode", reason, uri=self.uri, fatal=True))
+        except asyncio.CancelledError:  # interrupted by the user (the driver's interrupt)
+            status, reason = "interrupted", "interrupted by the user"
+        except Exception as exc:  # one stream's failure must not stop the others
+            log.debug("stream %s failed", self.stream_id, exc_info=True)
+            status, reason = "failed", one_line(getattr(exc, "cause", None) or exc)
+            self.relay.write(Error(self.stream_id, "runtime", reason, uri=self.uri, fatal=True))
+        session.decode_errors = self.decoder.decode_errors
+        if transcripts is not None:  # the final summary counts their words
+            session.close_speech()
+            await _finish_transcripts(transcripts, session)
+        end = session.close(status, reason)
+        self.ops.audio.forget.remote(self.stream_id)  # fire and forget: nothing waits on it
+        return StreamResult(self.stream_id, self.uri, status, reason, end.processed_s, end.wall_s, end.events)
+
+    def _failed_to_open(self, reason: str) -> StreamResult:
+        self.relay.write(Error(self.stream_id, "open", reason, uri=self.uri, fatal=True))
+        self.relay.write(StreamEnd(self.stream_id, "failed", reason, 0.0, 0.0, 0, 0, 0, 0))
+        return StreamResult(self.stream_id, self.uri, "failed", reason, 0.0, 0.0, 0)
+
+    async def _pump(self, session: StreamSession, duration_s: float | None,
+                    transcripts: TranscriptRequests | None) -> bool:
+        """Decode, encode, align and fuse until the stream ends; True if ``stop`` ended it first."""
+        m = metrics.get()
+        inflight_gauge = {stage: m.inflight.labels(stage) for stage in ("decode", "vision", "audio", "fusion")}
+        lag = m.live_lag.labels(self._label) if self.live else None
+        loop = asyncio.get_running_loop()
+        chunks = self.decoder.chunks()
+        # One decode thread: the chunks come in order, each request the next one.
+        decode_next = lambda: loop.run_in_executor(self._decode_thread, next, chunks, None)  # noqa: E731
+        inflight = deque(decode_next() for _ in range(self.cfg.decode.max_inflight_chunks))
+        inflight_gauge["decode"].inc(len(inflight))
+        try:
+            while inflight:
+                chunk = await inflight.popleft()
+                inflight_gauge["decode"].dec()
+                if chunk is None:
+                    break
+                self._count(chunk)
+                if not chunk.finished:
+                    inflight.append(decode_next())
+                    inflight_gauge["decode"].inc()
+                await self._process(chunk, session, transcripts, inflight_gauge, m)
+                if lag is not None:
+                    lag.set(max(0.0, time.monotonic() - session.started_wall_s - session.processed_s))
+                self.relay.progress(session.processed_s, duration_s)
+                await self.relay.wait_for_room()  # the driver's sinks are behind: decode no further
+                if chunk.finished:
+                    break
+                if self._stop.is_set():
+                    return True
+        finally:
+            inflight_gauge["decode"].dec(len(inflight))
+            for pending in inflight:  # decoded ahead, not needed: let the thread finish them
+                pending.cancel()
+        return False
+
+    async def _process(self, chunk: MediaChunk, session: StreamSession, transcripts: TranscriptRequests | None,
+                       inflight_gauge: dict, m) -> None:
+        # Put once; each operator reads its part from the object store, no copy.
+        chunk_ref = ray.put(chunk)
+        ops = self.ops
+        with _inflight(inflight_gauge["vision"]), _inflight(inflight_gauge["audio"]):
+            video, audio, sights, sounds, faces = await asyncio.gather(
+                _submit_if(ops.vision, chunk_ref, "video", chunk.video),
+                _submit_if(ops.audio, chunk_ref, "audio", chunk.audio),
+                _submit_if(ops.image_tags, chunk_ref, "tag_frames", chunk.tag_frames),
+                _submit_if(ops.sound_tags, chunk_ref, "audio_patches", chunk.audio_patches),
+                _submit_if(ops.faces, chunk_ref, "face_frames", chunk.face_frames))
+        session.on_tags(chunk, sights, sounds)
+        session.on_faces(faces)
+        windows = session.on_chunk(chunk, video, audio)
+        if transcripts is not None:  # waits only when too many of the stream's segments are out
+            for segment in session.take_speech_segments():
+                await transcripts.submit(segment)
+        if windows:
+            started = time.perf_counter()
+            with _inflight(inflight_gauge["fusion"]):
+                fused = await ops.fusion.submit.remote(session.fusion_inputs(windows))
+            m.fusion_seconds.observe(time.perf_counter() - started)
+            session.on_fused(windows, fused)
+
+    def _count(self, chunk: MediaChunk) -> None:
+        m, label = metrics.get(), self._label
+        m.frames_decoded.labels(label).inc(chunk.frames_decoded)
+        m.frames_kept.labels(label).inc(len(chunk.video) if chunk.video is not None else 0)
+        m.audio_decoded.labels(label).inc(chunk.audio_decoded_s)
+        new_errors = self.decoder.decode_errors - self._errors_counted
+        self._errors_counted += new_errors
+        m.decode_errors.labels(label).inc(new_errors)
+
+
+async def _finish_transcripts(transcripts: TranscriptRequests, session: StreamSession) -> None:
+    """Submit the stream's last speech segments and wait for every transcript (bounded)."""
+    try:
+        for segment in session.take_speech_segments():
+            await transcripts.submit(segment)
+    except asyncio.CancelledError:  # interrupted: end the stream with what was transcribed
+        pass
+    await transcripts.drain()
+
+
+async def _submit_if(actor, chunk_ref, part: str, local_part):
+    """An operator's answer for one part of the chunk; None when the operator does not run or the
+    part is empty (checked here, so that no request is made for nothing)."""
+    if actor is None or local_part is None or len(local_part) == 0:
+        return None
+    return await actor.submit.remote(chunk_ref, part)
+
+
+@contextmanager
+def _inflight(gauge):
+    """Counts a request in a gauge while it is outstanding."""
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
+
+
+def _truncation(processed_s: float, duration_s: float | None) -> str | None:
+    """A reason when decoding ended well before the duration the container declares."""
+    if duration_s is None:
+        return None
+    missing_s = duration_s - processed_s
+    if missing_s > max(1.0, 0.05 * duration_s):
+        return f"input ended at {processed_s:.1f}s of a declared {duration_s:.1f}s (truncated or corrupt)"
+    return None
