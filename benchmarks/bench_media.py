@@ -15,14 +15,17 @@ from pipeline.app.sample import audio_signal
 WIDTH, HEIGHT, FPS, AUDIO_RATE = 1280, 720, 25, 48000
 
 
-def write_bench_clip(path: Path, seconds: float) -> Path:
+def write_bench_clip(path: Path, seconds: float, bframes: bool = False) -> Path:
+    """The benchmark clip; ``bframes``: with 3 B-frames between references, as files have (x264
+    chooses none for this grainy content by itself, like a camera's I/P stream)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     grain = rng.normal(0, 6, (HEIGHT, WIDTH, 1)).astype(np.float32)
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=FPS)
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        video.options = {"preset": "veryfast", "crf": "23", "g": "50"}
+        video.options = {"preset": "veryfast", "crf": "23", "g": "50",
+                         **({"x264-params": "bframes=3:b-adapt=0:b-pyramid=none"} if bframes else {})}
         audio = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
         samples_per_frame = AUDIO_RATE // FPS
         for i in range(int(seconds * FPS)):

@@ -14,6 +14,7 @@ from pipeline.output.records import (
     RECORD_TYPES,
     Error,
     Event,
+    Signals,
     StreamEnd,
     StreamStart,
     Summary,
@@ -106,6 +107,9 @@ def _samples():
             embedding=[0.01 * i for i in range(16)],
             signals={"peak_luma": 0.71, "peak_luma_s": 8.25, "peak_dbfs": None, "peak_dbfs_s": None},
         ),
+        "signals": Signals("cam-01", 30.0, 1.0, loudness_dbfs={"mean": [-23.5, None], "peak": [-20.1, None]},
+                           luma={"mean": [0.41, 0.4], "peak": [0.52, 0.44]},
+                           motion={"mean": [0.01, 0.0], "peak": [0.03, 0.0]}),
     }
 
 
