@@ -7,7 +7,6 @@ stream actors (``stream_actor.py``).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import ray

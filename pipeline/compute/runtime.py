@@ -242,6 +242,7 @@ async def _forward_stop(stop: asyncio.Event, actor) -> None:
     await stop.wait()
     actor.stop.remote()
 
+
 def unique_stream_ids(uris: list[str]) -> list[str]:
     """Readable, unique stream ids from file names: clip.mp4, clip.mp4#2, ..."""
     seen: dict[str, int] = {}

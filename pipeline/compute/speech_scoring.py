@@ -18,8 +18,8 @@ from collections import OrderedDict
 import numpy as np
 
 from pipeline.core.config import Config
-from pipeline.core.media import AudioRows, SpeechProbs
 from pipeline.core.errors import one_line
+from pipeline.core.media import AudioRows, SpeechProbs
 
 log = logging.getLogger("avfuse.speech")
 

@@ -57,7 +57,8 @@ def run_concatenated(inputs: list[np.ndarray], device: torch.device, forward) ->
 class VisionStage:
     def __init__(self, cfg: Config):
         self.device = resolve_device(cfg.runtime.device)
-        self.encoder = VisionEncoder(spec_of(cfg.vision, VisionSpec), cfg.video.image_size).prepare_for_inference().to(self.device)
+        encoder = VisionEncoder(spec_of(cfg.vision, VisionSpec), cfg.video.image_size)
+        self.encoder = encoder.prepare_for_inference().to(self.device)
         self.signals = SignalFeatures().to(self.device)
 
     def _forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -79,7 +80,8 @@ class AudioStage:
         self.device = resolve_device(cfg.runtime.device)
         self.sample_rate_hz = cfg.audio.sample_rate_hz
         row_samples = int(round(cfg.audio.sample_rate_hz * cfg.audio.token_s))
-        self.encoder = build_audio_encoder(spec_of(cfg.audio_encoder, AudioEncoderSpec), self.sample_rate_hz, row_samples).to(self.device).eval()
+        encoder = build_audio_encoder(spec_of(cfg.audio_encoder, AudioEncoderSpec), self.sample_rate_hz, row_samples)
+        self.encoder = encoder.to(self.device).eval()
         self.signals = SignalFeatures().to(self.device)
         # Streams in flight per replica are bounded by runtime.max_concurrent_streams; keep some slack.
         self.speech = SpeechScoring(cfg, 4 * cfg.runtime.max_concurrent_streams) if cfg.speech.enabled else None

@@ -28,8 +28,8 @@ from pipeline.core.config import Config
 from pipeline.core.errors import StreamOpenError, one_line
 from pipeline.core.media import MediaChunk, StreamInfo, VideoFrames
 from pipeline.ingest.audio_patches import PatchCutter, sound_patches_wanted
-from pipeline.ingest.nonref_skip import NonrefSkipper, sampler_rates, skip_nonref_wanted
 from pipeline.ingest.audio_rows import AudioRowCutter
+from pipeline.ingest.nonref_skip import NonrefSkipper, sampler_rates, skip_nonref_wanted
 
 # After this many failed packets in a row a modality is given up (e.g. a corrupt
 # audio track, ~15 s of AAC): its windows are then masked and the other modality goes on.
