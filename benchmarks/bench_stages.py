@@ -32,7 +32,7 @@ from pipeline.stream.session import StreamSession
 
 
 def _decode_into(stream_id: str, path: str, cfg, out) -> None:
-    """One decoder process per stream, as Ray places one decode actor per stream."""
+    """One decoder process per stream, as Ray places one stream actor per stream."""
     decoder = MediaDecoder(stream_id, path, cfg)
     out.put((stream_id, decoder.open()))
     for chunk in decoder.chunks():

@@ -327,7 +327,7 @@ class RuntimeConfig(Section):
     encoder_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each shared operator actor (cluster)")
     encoder_cpus: float = Field(0.0, ge=0, description="CPUs reserved by each shared operator actor; on a cluster "
                                                        "whose head advertises none, > 0 keeps them off the head")
-    decode_cpus: float = Field(0.0, ge=0, description="CPUs reserved by each decode actor; set 1 on a cluster to spread them")
+    decode_cpus: float = Field(0.0, ge=0, description="CPUs reserved by each stream actor (decoder and per-stream logic); set 1 on a cluster to spread them")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each shared operator actor")
     max_concurrent_streams: int = Field(8, ge=1, description="streams decoded at once; more wait their turn")
     cluster_check_s: float = Field(15.0, gt=0, description="`avfuse run` checks this often that its operator "

@@ -99,7 +99,7 @@ class SpeechProbs:
 
 @dataclass
 class MediaChunk:
-    """One step of one stream's decoding, as a decode actor returns it.
+    """One step of one stream's decoding, as the decoder yields it to its stream actor.
 
     The watermarks say that no later chunk will carry media of that modality
     earlier than the given time; ``*_done`` says the modality has ended (or is

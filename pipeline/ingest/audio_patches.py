@@ -3,7 +3,7 @@
 YAMNet scores 0.96 s of 16 kHz audio at a time (96 frames of 10 ms, each frame a 25 ms window,
 so 15 600 samples), every 0.48 s. The rows the decoder already cuts (``AudioRowCutter``) are
 contiguous runs timed from the input PTS; patches are cut from those runs, so a source gap
-starts a new run of patches instead of shifting every later one. Pure numpy: the decode actor
+starts a new run of patches instead of shifting every later one. Pure numpy: the stream actor
 cuts patches without loading torch.
 """
 

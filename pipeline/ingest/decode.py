@@ -1,4 +1,4 @@
-"""PyAV decoding of one stream into MediaChunks (no Ray here; the decode actor wraps it).
+"""PyAV decoding of one stream into MediaChunks (no Ray here; the stream actor runs it on its decode thread).
 
 Contract: ``MediaDecoder(stream_id, uri, cfg).open()`` returns the StreamInfo or
 raises StreamOpenError; ``chunks()`` then yields MediaChunks of about

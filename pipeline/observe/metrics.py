@@ -4,7 +4,7 @@ Design: prometheus-client's multiprocess mode. Every avfuse process of a run
 (the driver and each Ray actor on every node) writes its samples to
 memory-mapped files in one folder, ``PROMETHEUS_MULTIPROC_DIR``; one exporter
 per node merges that folder into a single scrape target (``pipeline/observe/exporter.py``).
-Counters of processes that have exited keep counting: a decode actor's frames
+Counters of processes that have exited keep counting: a stream actor's frames
 stay in the totals after its stream ended and the actor is gone.
 
 The folder must be known before prometheus_client creates a value, so
@@ -174,7 +174,7 @@ class _AvfuseFiles:
     """avfuse's families merged from the folder's files, skipping files not yet initialised.
 
     prometheus_client creates a process's file before sizing it; a scrape in that window (a
-    decode actor starting) fails as a whole on the empty file, and a process killed in it
+    stream actor starting) fails as a whole on the empty file, and a process killed in it
     leaves the empty file behind, failing every later scrape (prometheus/client_python#1199).
     An empty file holds no samples, so leaving it out loses nothing. Only avfuse's families
     are exported: another library in a worker may share the folder.

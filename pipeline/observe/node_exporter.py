@@ -10,7 +10,7 @@ a scrape target from its first second, nodes the autoscaler adds later included;
 Live gauges (streams active, requests in flight, GPU memory) are one file per
 process, and prometheus_client drops a process's only when told that it died.
 The driver tells it for its own node; on another node nobody does, so a killed
-decode actor would keep counting as a stream in flight. With
+stream actor would keep counting as a stream in flight. With
 ``reap_dead_processes`` the exporter drops, before each scrape, the live gauges
 of every process that no longer exists. That needs the Ray container's
 processes in view: the pod must share its process namespace
