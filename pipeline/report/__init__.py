@@ -4,7 +4,7 @@ HTML file, a timeline per stream of what avfuse understood. ``load`` reads and c
 ``thumbnails`` takes one small JPEG per scene from the source media with PyAV, ``view`` assembles what
 the page draws, ``page`` / ``page_js`` hold the inline HTML, CSS and JavaScript, and ``render`` writes the
 file and is the command's entry point. The page needs no network: no CDN, no fetch, pictures embedded.
-This package imports only the standard library, numpy and PyAV, nothing else of ``pipeline``.
+This package imports only the standard library, numpy, PyAV and ``pipeline.core.errors``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.core.errors import one_line
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = ("Render the JSONL records of a replay as one self-contained HTML file: per stream, a timeline of "
                "its events, tags, speech and transcript, signal curves and A/V offset, with scene thumbnails "
@@ -46,7 +48,7 @@ def run_report(args: argparse.Namespace) -> int:
     except Exception as exc:  # the last line of defence: one line unless --debug
         if args.debug:
             raise
-        print(f"avfuse: report: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}", file=sys.stderr)
+        print(f"avfuse: report: {one_line(exc, with_type=True)}", file=sys.stderr)
         return EXIT_FAILED
     for note in result.notes:
         print(f"avfuse: report: {note}", file=sys.stderr)
