@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from pipeline.app.sample import ClipSpec, write_clip
 from tests.conftest import SHARED_MEDIA
 from tests.kafka_support import Reader, Service, job, produce, stream_ends
 
@@ -21,6 +22,8 @@ def _events(records: list[dict], stream_ids) -> list[str]:
 def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, clips, replay, tmp_path, delivery):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(clips["av.mp4"].read_bytes())
+    # Long enough that the stop job surely lands mid-stream, however loaded the machine.
+    long_clip = write_clip(tmp_path / "long.mp4", ClipSpec(duration_s=60.0, width=160, height=120))
     outage_streams, crash_streams = ["o1", "o2"], ["k1", "k2"]
     clean = replay(*[clip] * 4, stream_ids=outage_streams + crash_streams)
     assert clean.events()
@@ -35,7 +38,7 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
     try:
         service.wait_ready()
         # 1. the broker stops for 10 s while streams are running (and one is stopped by a job)
-        produce(kafka_broker, topics["jobs"], [job(s, str(clip)) for s in [*outage_streams, "stopped"]])
+        produce(kafka_broker, topics["jobs"], [*(job(s, str(clip)) for s in outage_streams), job("stopped", str(long_clip))])
         reader.read_until(lambda rs: len(_events(rs, outage_streams)) >= 2, what="first events")
         produce(kafka_broker, topics["jobs"], [(b"stopped", b'{"stream_id": "stopped", "action": "stop"}', None)])
         reader.read_until(lambda rs: "stopped" in stream_ends(rs), what="the stop job to end its stream")
@@ -62,7 +65,7 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
                 s.kill()
 
     stopped = stream_ends(records)["stopped"]
-    assert stopped["status"] == "interrupted" and stopped["processed_s"] < 10.0, stopped
+    assert stopped["status"] == "interrupted" and stopped["processed_s"] < 50.0, stopped
     for stream_ids in (outage_streams, crash_streams):
         expected = {e["event_id"] for e in clean.events() if e["stream_id"] in stream_ids}
         assert set(_events(records, stream_ids)) == expected, stream_ids  # nothing lost, nothing invented

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.compute.ray_init import init_ray
+from pipeline.compute.ray_init import connect_ray, init_metrics
 from pipeline.compute.runtime import Pipeline, StreamResult, unique_stream_ids
 from pipeline.core.config import Config
 from pipeline.observe import metrics
@@ -68,10 +68,13 @@ def run_replay(cfg: Config, uris: list[str], show_progress: bool, debug: bool = 
                json_logs: bool = False) -> int:
     console = Console(stderr=not cfg.records.stdout, highlight=False)
     stream_ids = unique_stream_ids(uris)
-    init_ray(cfg, debug=debug)  # first: it chooses the metrics folder every process counts into
+    init_metrics(cfg)  # first: it chooses the metrics folder every process counts into
     readiness = Readiness("ray", "operators")
-    readiness.set("ray", True)
+    # Bound before Ray starts, so none of Ray's processes can take the port first,
+    # and answering "ray: not yet" while it starts.
     exporter = Exporter(metrics_port, readiness).start() if metrics_port is not None else None
+    connect_ray(cfg, debug=debug)
+    readiness.set("ray", True)
     sink = _build_sink(cfg, console, json_logs)
     bars = ProgressBars(console, stream_ids, enabled=show_progress and console.is_terminal)
     results: list[StreamResult] = []
