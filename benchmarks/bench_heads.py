@@ -16,7 +16,7 @@ import torch
 
 from operators.event_head import EventHead
 from operators.fusion import WindowInput
-from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.compute.operator_specs import FusionSpec, spec_of
 from pipeline.compute.provenance import trained_behind
 from pipeline.compute.stages import FusionStage
 from pipeline.core.config import load_config

@@ -35,7 +35,7 @@ from torch import nn
 from operators import VisionEncoder, build_audio_encoder
 from operators.device import autocast_for, resolve_device
 from operators.efficientnet_lite import load_image_tagger
-from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.compute.operator_specs import AudioEncoderSpec, VisionSpec, spec_of
 from pipeline.core.config import Config
 
 SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"

@@ -8,7 +8,8 @@ cameras) and, with ``--bframes``, one with B-frames (typical of files). Prints, 
   - pipeline fps for 1 stream and for 4 concurrent streams (decoded frames per
     wall second, after the operators are warm);
   - the ratio pipeline / decode-only (target >= 0.7);
-  - peak RSS of the driver plus every Ray worker process, sampled during the run;
+  - peak RSS and PSS of the driver plus every Ray worker process, sampled during the run,
+    and the RSS by role at the peak;
   - CPU seconds per media second by process role (driver, stream actors: decode + stream logic,
     each operator actor, Ray's own processes) over the 1-stream run;
   - a stream's start-up: from run_stream to its first record, and the same less PyAV's own open
@@ -38,29 +39,62 @@ from pipeline.core.config import load_config
 from pipeline.output.sinks import NullSink
 
 
-class RssSampler:
-    """Peak summed RSS of this process and every Ray worker on the node."""
+class ProcessRoles:
+    """Which avfuse role each process of the node plays: driver, stream actors, each operator, Ray."""
 
-    def __init__(self, interval_s: float = 1.0):  # scanning processes costs CPU: not too often
-        self.interval_s, self.peak_bytes = interval_s, 0
+    def __init__(self, pipeline: Pipeline):
+        pids = ray.get([actor.pid.remote() for actor in pipeline.operators.values()])
+        self.operators = {pid: f"operator {kind}" for pid, kind in zip(pids, pipeline.operators)}
+        self.me = os.getpid()
+
+    def processes(self):
+        """(role, psutil.Process) of every process that plays one."""
+        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if proc.info["pid"] == self.me:
+                yield "driver", proc
+            elif proc.info["pid"] in self.operators:
+                yield self.operators[proc.info["pid"]], proc
+            elif "StreamActor" in cmd:
+                yield "stream actors (decode + stream logic)", proc
+            elif "ray" in cmd or "raylet" in cmd or "gcs_server" in cmd:
+                yield "ray's own processes", proc
+
+
+class MemorySampler:
+    """Peak summed RSS and PSS of every process with a role, and the RSS by role at the RSS peak.
+
+    RSS counts a shared library (libtorch is ~0.4 GiB) once in every process that maps it;
+    PSS splits shared pages among the processes sharing them, so its sum is what the node
+    actually holds.
+    """
+
+    def __init__(self, roles: ProcessRoles, interval_s: float = 1.0):  # scanning costs CPU: not too often
+        self.roles, self.interval_s = roles, interval_s
+        self.peak_rss, self.peak_pss, self.rss_by_role = 0, 0, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = psutil.Process()
         while not self._stop.is_set():
-            total = me.memory_info().rss
-            for proc in psutil.process_iter(["name", "cmdline"]):
+            by_role: dict[str, int] = {}
+            pss = 0
+            for role, proc in self.roles.processes():
                 try:
-                    cmd = " ".join(proc.info["cmdline"] or [])
-                    if "ray::" in cmd or (proc.info["name"] or "").startswith("ray::"):
-                        total += proc.memory_info().rss
+                    memory = proc.memory_full_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-            self.peak_bytes = max(self.peak_bytes, total)
+                by_role[role] = by_role.get(role, 0) + memory.rss
+                pss += getattr(memory, "pss", memory.rss)
+            if sum(by_role.values()) > self.peak_rss:
+                self.peak_rss, self.rss_by_role = sum(by_role.values()), by_role
+            self.peak_pss = max(self.peak_pss, pss)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> "MemorySampler":
         self._thread.start()
         return self
 
@@ -72,30 +106,17 @@ class RssSampler:
 class CpuByRole:
     """CPU seconds of the driver and of every Ray process between start() and stop(), by role."""
 
-    def __init__(self, pipeline: Pipeline):
-        pids = ray.get([actor.pid.remote() for actor in pipeline.operators.values()])
-        self.roles = {pid: f"operator {kind}" for pid, kind in zip(pids, pipeline.operators)}
+    def __init__(self, roles: ProcessRoles):
+        self.roles = roles
 
     def _snapshot(self) -> dict[str, float]:
         found: dict[str, float] = {}
-        me = os.getpid()
-        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        for role, proc in self.roles.processes():
             try:
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if proc.info["pid"] == me:
-                    role = "driver"
-                elif proc.info["pid"] in self.roles:
-                    role = self.roles[proc.info["pid"]]
-                elif "StreamActor" in cmd:
-                    role = "stream actors (decode + stream logic)"
-                elif "ray" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-                    role = "ray's own processes"
-                else:
-                    continue
                 times = proc.cpu_times()
-                found[role] = found.get(role, 0.0) + times.user + times.system
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+            found[role] = found.get(role, 0.0) + times.user + times.system
         return found
 
     def __enter__(self) -> "CpuByRole":
@@ -153,9 +174,12 @@ def bench_clip(label: str, clip: Path, pipeline: Pipeline, streams: int, seconds
     frames, decode_s = decode_only(str(clip))
     decode_fps_1 = frames / decode_s
     decode_fps_n = decode_only_parallel(str(clip), streams)
-    pipeline_fps(pipeline, str(clip), 1, frames)  # warm the worker pool and the operators' first batches
-    with RssSampler() as rss:
-        with CpuByRole(pipeline) as cpu:
+    # Warm the operators' first batches and the stream pool to `streams` actors: start-up is
+    # measured on its own below, not inside the throughput.
+    pipeline_fps(pipeline, str(clip), streams, frames)
+    roles = ProcessRoles(pipeline)
+    with MemorySampler(roles) as memory:
+        with CpuByRole(roles) as cpu:
             fps_1 = pipeline_fps(pipeline, str(clip), 1, frames)
         fps_n = pipeline_fps(pipeline, str(clip), streams, frames)
     # The machine is noisy: take the baseline again after the pipeline and keep the best of
@@ -167,7 +191,9 @@ def bench_clip(label: str, clip: Path, pipeline: Pipeline, streams: int, seconds
           f"{streams} streams {decode_fps_n:.0f} fps aggregate")
     print(f"[{label}] pipeline: 1 stream {fps_1:.0f} fps (ratio {fps_1 / decode_fps_1:.2f}); "
           f"{streams} streams {fps_n:.0f} fps aggregate (ratio {fps_n / decode_fps_n:.2f})")
-    print(f"[{label}] peak RSS (driver + Ray workers, {streams} streams): {rss.peak_bytes / 2**30:.2f} GiB")
+    print(f"[{label}] peak memory (driver + Ray workers, {streams} streams): RSS {memory.peak_rss / 2**30:.2f} GiB, "
+          f"PSS {memory.peak_pss / 2**30:.2f} GiB; RSS by role: " + ", ".join(
+              f"{role} {value / 2**30:.2f}" for role, value in sorted(memory.rss_by_role.items(), key=lambda kv: -kv[1])))
     print(f"[{label}] CPU s per media s, 1 stream: " + ", ".join(
         f"{role} {value / seconds:.3f}" for role, value in sorted(cpu.seconds.items(), key=lambda kv: -kv[1])))
     print(f"[{label}] stream start-up: {first_s * 1000:.0f} ms to the first record, "

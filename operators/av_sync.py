@@ -21,8 +21,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from operators.checkpoint import (check_checkpoint, check_trained_behind, load_state_strict, read_torch_file,
-                                  save_checkpoint, seeded_init)
+from operators.checkpoint import (
+    check_checkpoint,
+    check_trained_behind,
+    load_state_strict,
+    read_torch_file,
+    save_checkpoint,
+    seeded_init,
+)
 from operators.fusion import FusionBatch
 
 KIND = "av_sync"
@@ -157,25 +163,3 @@ def load_sync_head(path: str | Path, video_dim: int, audio_dim: int, token_s: fl
 def lag_posterior(logits: torch.Tensor) -> torch.Tensor:
     """[B, M + 1] logits -> [B, M + 1] probabilities (lags, then no match)."""
     return torch.softmax(logits, dim=-1)
-
-
-def offset_from_lag_scores(scores: torch.Tensor, lags_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[..., M] lag probabilities (not necessarily normalised) -> (offset_s, peak mass) per row.
-
-    The offset is the probability-weighted mean of the peak lag and its larger neighbour: the
-    trainer splits an offset between exactly those two lags, so their ratio reads it back at
-    sub-step resolution. The peak mass is the normalised probability of the peak and both
-    neighbours (how much the distribution agrees on one place).
-    """
-    probs = scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
-    last = probs.shape[-1] - 1
-    peak = probs.argmax(-1, keepdim=True)
-    below = probs.gather(-1, (peak - 1).clamp_min(0)).masked_fill(peak == 0, 0.0)
-    above = probs.gather(-1, (peak + 1).clamp_max(last)).masked_fill(peak == last, 0.0)
-    partner = torch.where(above >= below, peak + 1, peak - 1).clamp(0, last)
-    partner_p = torch.maximum(above, below)
-    peak_p = probs.gather(-1, peak)
-    lags = lags_s.to(probs.device, probs.dtype)
-    offset = (peak_p * lags[peak] + partner_p * lags[partner]) / (peak_p + partner_p).clamp_min(1e-12)
-    mass = (peak_p + above + below).squeeze(-1)
-    return offset.squeeze(-1), mass

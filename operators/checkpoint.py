@@ -23,17 +23,11 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from operators.checkpoint_errors import CheckpointError, CheckpointMismatchError
+
 FORMAT = "avfuse-checkpoint"
 VERSION = 1
 INIT_SEED = 0
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line for the user."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint was made for other preprocessing than the config asks for."""
 
 
 @contextlib.contextmanager

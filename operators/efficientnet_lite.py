@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from operators.checkpoint import (
     CheckpointError,
@@ -39,6 +38,7 @@ from operators.checkpoint import (
     read_torch_file,
     seeded_init,
 )
+from operators.imagenet_classes import imagenet_classes
 from operators.weights_cache import WeightsSource, default_cache_dir, file_sha256, installed_file, write_atomically
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class ImageTagger(nn.Module):
         super().__init__()
         with seeded_init():
             self.net = EfficientNetLite0()
-        self.labels: tuple[str, ...] = tuple(_IMAGENET_CATEGORIES)
+        self.labels: tuple[str, ...] = imagenet_classes()
         self.eval()
 
     @property

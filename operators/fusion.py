@@ -19,6 +19,7 @@ from torch import nn
 from operators.checkpoint import load_module_checkpoint, save_checkpoint, seeded_init
 from operators.device import autocast_for, module_device
 from operators.fusion_strategies import STRATEGIES
+from operators.windows import WindowInput
 
 KIND = "fusion"
 
@@ -32,23 +33,6 @@ class FusionSpec:
     checkpoint: str | None = None
     dim: int = 256
     heads: int = 4
-
-
-@dataclass
-class WindowInput:
-    """One aligned window of one stream.
-
-    start_s:      window start on the stream clock, seconds.
-    video_tokens: float32 [Tv, Dv] or None; video_t_s: float64 [Tv], frame times in seconds.
-    audio_tokens: float32 [Ta, Da] or None; audio_t_s: float64 [Ta], row start times in seconds.
-    None or zero rows means the modality is missing from this window.
-    """
-
-    start_s: float
-    video_tokens: np.ndarray | None = None
-    video_t_s: np.ndarray | None = None
-    audio_tokens: np.ndarray | None = None
-    audio_t_s: np.ndarray | None = None
 
 
 @dataclass

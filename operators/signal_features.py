@@ -100,19 +100,3 @@ class SignalFeatures(nn.Module):
         power = torch.fft.rfft(frames * window, dim=2).abs().pow(2)  # [K, S, sub//2 + 1]
         band_energy = power @ _band_matrix(power.shape[-1], rows.device)
         return AudioSignals(rms_dbfs=rms_dbfs, band_log_energy=torch.log(band_energy + BAND_EPS))
-
-
-def histogram_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[N, 3*B] colour histograms -> [N] in 0..1: half the L1 distance per channel, mean of channels."""
-    a3, b3 = a.reshape(a.shape[0], 3, -1), b.reshape(b.shape[0], 3, -1)
-    return 0.5 * (a3 - b3).abs().sum(dim=2).mean(dim=1)
-
-
-def frame_difference(a_thumbs: torch.Tensor, b_thumbs: torch.Tensor) -> torch.Tensor:
-    """[N, P] luma thumbnails in 0..1 -> [N] mean absolute difference in 0..1."""
-    return (a_thumbs - b_thumbs).abs().mean(dim=-1)
-
-
-def spectral_flux(prev_bands: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
-    """[N, B] band log energies -> [N] mean over bands of the positive log-energy increase."""
-    return (bands - prev_bands).clamp_min(0.0).mean(dim=-1)

@@ -18,9 +18,8 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 

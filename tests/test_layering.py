@@ -80,12 +80,21 @@ def test_imports_run_downwards_only():
     assert offenders == []
 
 
-def test_stream_logic_loads_without_pyav_ray_or_kafka():
-    # Per-stream logic is pure: it must load (and so run) where no decoder or cluster client is.
+def test_stream_logic_loads_without_pyav_ray_kafka_or_torch():
+    # Per-stream logic is pure: it must load (and so run) where no decoder or cluster client is,
+    # and without torch, which only the shared operators need.
     code = ("import importlib, pkgutil, sys, pipeline.stream as s\n"
             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(s.__path__, 'pipeline.stream.')]\n"
-            "print(sorted(k for k in ('av', 'ray', 'kafka') if k in sys.modules))")
+            "print(sorted(k for k in ('av', 'ray', 'kafka', 'torch', 'torchvision') if k in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
     for module, path in _modules("pipeline.stream"):
-        assert not {name.split(".")[0] for name in _imports(path)} & {"av", "ray", "kafka"}, module
+        assert not {name.split(".")[0] for name in _imports(path)} & {"av", "ray", "kafka", "torch"}, module
+
+
+def test_the_stream_actor_module_loads_without_torch():
+    # A stream actor decodes and runs stream logic; a process of its own must not pay for torch.
+    code = ("import sys, pipeline.compute.stream_actor\n"
+            "print(sorted(k for k in ('torch', 'torchvision', 'torchaudio') if k in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

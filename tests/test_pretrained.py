@@ -29,7 +29,7 @@ from operators import (
 )
 from operators.hub_weights import hub_cache_file
 from operators.vision import resolve_weights
-from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.compute.operator_specs import AudioEncoderSpec, VisionSpec, spec_of
 from pipeline.compute.stages import AudioStage
 from pipeline.core.config import Config, ConfigError, load_config
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.app.sample import ClipSpec, write_clip
@@ -50,6 +51,12 @@ def test_the_driver_receives_records_only_under_2_kb_per_media_second(default_pi
         per_media_s = received[result.stream_id] / result.processed_s
         # A 640x360 frame alone is 690 kB; 4 kept frames a second would be 2.8 MB/s.
         assert 0 < per_media_s < 2048, (result.stream_id, per_media_s)
+    # Tokens come from the shared operators: the stream actors that ran both streams never load
+    # torch (0.4 GiB of RSS and 2.4 s of import per process) or torchvision.
+    actors = list(default_pipeline.streams._idle)
+    assert actors
+    for actor in actors:
+        assert ray.get([actor.imported.remote(m) for m in ("torch", "torchvision", "torchaudio")]) == [False] * 3
 
 
 def test_twenty_streams_in_sequence_reuse_the_pooled_actors(pipeline, tmp_path):

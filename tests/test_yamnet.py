@@ -30,10 +30,16 @@ import torchaudio
 
 from operators.audioset import AudioSetClasses
 from operators.checkpoint import CheckpointError, save_checkpoint
-from operators.yamnet import (
-    EMBED_DIM, NUM_CLASSES, PATCH_HOP_SAMPLES, PATCH_SAMPLES, SAMPLE_RATE_HZ, Yamnet, frame_patches,
-)  # fmt: skip
 from operators.weights_cache import file_sha256
+from operators.yamnet import (
+    EMBED_DIM,
+    NUM_CLASSES,
+    PATCH_HOP_SAMPLES,
+    PATCH_SAMPLES,
+    SAMPLE_RATE_HZ,
+    Yamnet,
+    frame_patches,
+)  # fmt: skip
 from operators.yamnet_weights import CONVERTER_VERSION, KIND, load_onnx_zip, load_yamnet, packaged_zip
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"

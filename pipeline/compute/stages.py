@@ -24,15 +24,17 @@ from operators import (
 )
 from operators.av_sync import lag_posterior, load_sync_head
 from operators.checkpoint import CheckpointMismatchError
+from operators.efficientnet_lite import ImageTagger
 from operators.event_head import load_event_head
 from operators.weights import sync_checkpoint_path
+from operators.yamnet import EMBED_DIM as SOUND_EMBED_DIM
 from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
 from pipeline.compute.provenance import trained_behind
 from pipeline.compute.speech_scoring import SpeechScoring
 from pipeline.core.config import Config
 from pipeline.core.media import AudioRows, EncodedAudio, EncodedVideo, VideoFrames
 from pipeline.stream.fusion_io import FusedWindows, FusionRequest
-from pipeline.stream.understanding import IMAGE_EMBED_DIM, SOUND_EMBED_DIM, fuses_tagger_tokens
+from pipeline.stream.understanding import fuses_tagger_tokens
 
 log = logging.getLogger("avfuse.stages")
 
@@ -137,7 +139,7 @@ class FusionStage:
         self.device = resolve_device(cfg.runtime.device)
         video_dim, audio_dim = self.dims = cfg.vision.embed_dim, cfg.audio_encoder.embed_dim
         self.semantic = fuses_tagger_tokens(cfg)
-        self.fusion_dims = (IMAGE_EMBED_DIM, SOUND_EMBED_DIM) if self.semantic else self.dims
+        self.fusion_dims = (ImageTagger.EMBED_DIM, SOUND_EMBED_DIM) if self.semantic else self.dims
         self.fusion = build_fusion(spec_of(cfg.fusion, FusionSpec), *self.fusion_dims).to(self.device).eval()
         self.sync = self.event_head = None
         self.head_version = ""

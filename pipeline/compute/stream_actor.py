@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
@@ -112,3 +113,7 @@ class StreamActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def imported(self, module: str) -> bool:
+        """Whether this process has loaded ``module``: stream actors stay torch-free (see the tests)."""
+        return module in sys.modules

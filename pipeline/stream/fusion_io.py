@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators.fusion import WindowInput
+from operators.windows import WindowInput
 
 
 @dataclass

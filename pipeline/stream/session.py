@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
-from operators import WindowInput, frame_difference, histogram_distance, spectral_flux
+from operators.continuity import frame_difference, histogram_distance, spectral_flux
 from operators.speech import WINDOW_S as SPEECH_WINDOW_S
+from operators.windows import WindowInput
 from pipeline.core.config import Config
 from pipeline.core.media import (
     ClassScores,
@@ -47,7 +47,7 @@ def _diff_to_previous(previous: np.ndarray | None, current: np.ndarray, fn) -> n
         return np.zeros(0, np.float32)
     before = current[:-1] if previous is None else np.concatenate([previous[None], current[:-1]])
     after = current[1:] if previous is None else current
-    values = fn(torch.as_tensor(before), torch.as_tensor(after)).numpy().astype(np.float32)
+    values = np.asarray(fn(before, after), np.float32)
     return values if previous is not None else np.concatenate([[np.nan], values]).astype(np.float32)
 
 

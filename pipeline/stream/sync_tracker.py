@@ -19,9 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from operators.av_sync import offset_from_lag_scores
+from operators.lag_offset import offset_from_lag_scores
 from pipeline.core.config import AVSyncConfig
 from pipeline.output.records import Event
 
@@ -60,7 +59,7 @@ class SyncEstimate:
 class SyncTracker:
     def __init__(self, stream_id: str, cfg: AVSyncConfig, lags_s: np.ndarray):
         self.stream_id, self.cfg = stream_id, cfg
-        self.lags_s = torch.as_tensor(lags_s, dtype=torch.float64)
+        self.lags_s = np.asarray(lags_s, np.float64)
         self._recent: deque[tuple[float, _Evidence]] = deque()  # (window end_s, its evidence)
         self._total: _Evidence | None = None  # every window so far, in constant memory
         self._open: dict | None = None  # the av_desync being built
@@ -96,7 +95,7 @@ class SyncTracker:
 
     def _combine(self, evidence: "_Evidence") -> SyncEstimate:
         log_mean = evidence.weighted_log_p / max(evidence.weight, _LOG_FLOOR)
-        offset, mass = offset_from_lag_scores(torch.as_tensor(np.exp(log_mean - log_mean.max())), self.lags_s)
+        offset, mass = offset_from_lag_scores(np.exp(log_mean - log_mean.max()), self.lags_s)
         matched = 1.0 - float(np.exp(evidence.log_no_match))  # that some window matched at all
         return SyncEstimate(round(float(offset), 3), round(float(mass) * matched, 3), evidence.windows)
 

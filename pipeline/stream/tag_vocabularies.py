@@ -23,6 +23,6 @@ def sound_vocabulary() -> Vocabulary:
 @lru_cache(maxsize=1)
 def sight_vocabulary() -> Vocabulary:
     # The names EfficientNet-Lite0's 1000 outputs stand for, in output order (ImageTagger.labels).
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    from operators.imagenet_classes import imagenet_classes
 
-    return Vocabulary(tuple(_IMAGENET_CATEGORIES))
+    return Vocabulary(imagenet_classes())

@@ -19,9 +19,9 @@ import logging
 from collections import deque
 from typing import Protocol
 
+from pipeline.core.errors import one_line
 from pipeline.observe import metrics
 from pipeline.stream.speech_segments import SpeechSegment
-from pipeline.core.errors import one_line
 
 log = logging.getLogger("avfuse.transcripts")
 

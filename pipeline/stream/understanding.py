@@ -12,8 +12,6 @@ absent rather than empty guesses.
 
 from __future__ import annotations
 
-from operators.efficientnet_lite import ImageTagger
-from operators.yamnet import EMBED_DIM as SOUND_EMBED_DIM
 from pipeline.core.config import Config
 from pipeline.core.media import ClassScores, MediaChunk, StreamInfo
 from pipeline.ingest.audio_patches import PATCH_SAMPLES, SAMPLE_RATE_HZ, sound_patches_wanted
@@ -24,13 +22,11 @@ from pipeline.stream.scene_tags import SceneTags
 from pipeline.stream.tag_events import TagEventDetector, TagEventRules
 from pipeline.stream.tag_vocabularies import sight_vocabulary, sound_vocabulary
 
-IMAGE_EMBED_DIM = ImageTagger.EMBED_DIM
 SOUND_STEP_S = 0.48  # patches every 0.48 s: each stands for the 0.48 s around its centre
 # Every later patch is centred at least this far before the audio watermark (see audio_patches).
 _SOUND_WATERMARK_LAG_S = PATCH_SAMPLES / SAMPLE_RATE_HZ / 2 + 1e-3
 
-__all__ = ["IMAGE_EMBED_DIM", "SOUND_EMBED_DIM", "Understanding", "check_rules", "fuses_tagger_tokens",
-           "tagger_modalities"]
+__all__ = ["Understanding", "check_rules", "fuses_tagger_tokens", "tagger_modalities"]
 
 
 def tagger_modalities(cfg: Config) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ import torch
 
 from operators.event_head import EventHead
 from operators.fusion import WindowInput, collate_windows
-from pipeline.compute.operator_specs import AudioEncoderSpec, FusionSpec, VisionSpec, spec_of
+from pipeline.compute.operator_specs import FusionSpec, spec_of
 from pipeline.compute.provenance import trained_behind
 from pipeline.core.config import Config
 from pipeline.training.clip_tokens import ClipEncoder, ClipTokens
