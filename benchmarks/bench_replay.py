@@ -8,6 +8,8 @@ cameras) and, with ``--bframes``, one with B-frames (typical of files). Prints, 
   - pipeline fps for 1 stream and for 4 concurrent streams (decoded frames per
     wall second, after the operators are warm);
   - the ratio pipeline / decode-only (target >= 0.7);
+  - with the default profile, ``benchmarks.naive_loop`` (the same models at the same rates in one
+    plain process) and the ratio pipeline / naive;
   - peak RSS and PSS of the driver plus every Ray worker process, sampled during the run,
     and the RSS by role at the peak;
   - CPU seconds per media second by process role (driver, stream actors: decode + stream logic,
@@ -24,6 +26,9 @@ import argparse
 import asyncio
 import logging
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -170,7 +175,15 @@ def pipeline_fps(pipeline: Pipeline, path: str, streams: int, frames_per_stream:
     return frames_per_stream * streams / wall_s
 
 
+def naive_loop_fps(clip: Path) -> float:
+    """benchmarks.naive_loop's fps on the clip, in a process of its own (as a user runs it)."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.naive_loop", str(clip)], capture_output=True,
+                          text=True, check=True)
+    return float(re.search(r"loop: (\d+) fps", done.stdout).group(1))
+
+
 def bench_clip(label: str, clip: Path, pipeline: Pipeline, streams: int, seconds: float) -> None:
+    naive = naive_loop_fps(clip) if pipeline.cfg.profile == "pretrained" else None
     frames, decode_s = decode_only(str(clip))
     decode_fps_1 = frames / decode_s
     decode_fps_n = decode_only_parallel(str(clip), streams)
@@ -186,11 +199,16 @@ def bench_clip(label: str, clip: Path, pipeline: Pipeline, streams: int, seconds
     # each, so a slow moment in the baseline cannot flatter the ratio.
     decode_fps_1 = max(decode_fps_1, frames / decode_only(str(clip))[1])
     decode_fps_n = max(decode_fps_n, decode_only_parallel(str(clip), streams))
+    if naive is not None:
+        naive = max(naive, naive_loop_fps(clip))
     first_s, first_less_probe_s = startup_s(pipeline, str(clip))
     print(f"[{label}] decode-only (PyAV, threaded, every frame, best of 2): 1 stream {decode_fps_1:.0f} fps; "
           f"{streams} streams {decode_fps_n:.0f} fps aggregate")
     print(f"[{label}] pipeline: 1 stream {fps_1:.0f} fps (ratio {fps_1 / decode_fps_1:.2f}); "
           f"{streams} streams {fps_n:.0f} fps aggregate (ratio {fps_n / decode_fps_n:.2f})")
+    if naive is not None:
+        print(f"[{label}] naive single-process loop (benchmarks/naive_loop.py, same models and rates, best of 2): "
+              f"{naive:.0f} fps; pipeline / naive: 1 stream {fps_1 / naive:.2f}, {streams} streams {fps_n / naive:.2f}")
     print(f"[{label}] peak memory (driver + Ray workers, {streams} streams): RSS {memory.peak_rss / 2**30:.2f} GiB, "
           f"PSS {memory.peak_pss / 2**30:.2f} GiB; RSS by role: " + ", ".join(
               f"{role} {value / 2**30:.2f}" for role, value in sorted(memory.rss_by_role.items(), key=lambda kv: -kv[1])))

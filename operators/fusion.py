@@ -19,20 +19,10 @@ from torch import nn
 from operators.checkpoint import load_module_checkpoint, save_checkpoint, seeded_init
 from operators.device import autocast_for, module_device
 from operators.fusion_strategies import STRATEGIES
+from operators.specs import FusionSpec
 from operators.windows import WindowInput
 
 KIND = "fusion"
-
-
-@dataclass(frozen=True)
-class FusionSpec:
-    """What a FusionModel is built from: strategy (cross_attention, concat or weighted), width, heads,
-    and an optional avfuse checkpoint of kind 'fusion'."""
-
-    strategy: str = "cross_attention"
-    checkpoint: str | None = None
-    dim: int = 256
-    heads: int = 4
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +10,10 @@ from torch import nn
 
 from operators.checkpoint import save_checkpoint
 from operators.device import module_device, run_on_device
+from operators.specs import AudioEncoderSpec
 
 # Either encoder fills the pipeline's one audio-encoder slot; the recorded preprocessing tells them apart.
 KIND = "audio_encoder"
-
-
-@dataclass(frozen=True)
-class AudioEncoderSpec:
-    """What an audio encoder is built from. kind: mel_conv (log-mel + conv stack: n_mels, n_fft,
-    hop_length) or torchaudio_bundle (a wav2vec2 / HuBERT / WavLM bundle of torchaudio.pipelines);
-    checkpoint: an avfuse checkpoint (a bundle also takes its state_dict file)."""
-
-    kind: str = "mel_conv"
-    bundle: str | None = None
-    checkpoint: str | None = None
-    n_mels: int = 64
-    n_fft: int = 400
-    hop_length: int = 160
-    embed_dim: int = 256
 
 
 class RowEncoder(nn.Module):

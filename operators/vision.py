@@ -11,7 +11,6 @@ weights, through torch.hub's cache) or ``vision.checkpoint`` (a local file).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +33,7 @@ from operators.checkpoint import (
 )
 from operators.device import module_device, run_on_device
 from operators.hub_weights import fetch_hub_state_dict, hub_cache_file
-
-
-@dataclass(frozen=True)
-class VisionSpec:
-    """What a VisionEncoder is built from: a torchvision backbone, its weights (an avfuse checkpoint or
-    state_dict file, or torchvision's published ``weights`` name), the embedding width, and the
-    normalisation the weights were trained with."""
-
-    backbone: str = "mobilenet_v3_small"
-    checkpoint: str | None = None
-    weights: str | None = None
-    embed_dim: int = 256
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from operators.specs import VisionSpec
 
 KIND = "vision_encoder"
 

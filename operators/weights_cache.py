@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from operators.checkpoint import CheckpointError
+from operators.checkpoint_errors import CheckpointError
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from operators.fusion import FusionSpec
-from operators.row_encoder import AudioEncoderSpec
-from operators.vision import VisionSpec
+from operators.specs import AudioEncoderSpec, FusionSpec, VisionSpec
 
 Spec = TypeVar("Spec")
 

@@ -19,7 +19,6 @@ import weakref
 from typing import Callable
 
 import ray
-import torch
 
 from pipeline.compute.actors import StageActor
 from pipeline.compute.record_relay import RecordBatch, StreamResult
@@ -54,9 +53,6 @@ class Pipeline:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        # The driver's torch work (feature differences) is tiny; more intra-op threads
-        # would only spin against the decoders for the same cores.
-        torch.set_num_threads(cfg.runtime.torch_threads)
         placement = {"num_cpus": cfg.runtime.encoder_cpus, "num_gpus": cfg.runtime.encoder_gpus}
         threads = cfg.runtime.torch_threads
         if cfg.sound_tags.enabled and not sound_patches_wanted(cfg):

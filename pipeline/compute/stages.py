@@ -15,7 +15,6 @@ import torch
 
 from operators import (
     SignalFeatures,
-    VisionEncoder,
     autocast_for,
     build_audio_encoder,
     build_fusion,
@@ -58,6 +57,8 @@ def run_concatenated(inputs: list[np.ndarray], device: torch.device, forward) ->
 
 class VisionStage:
     def __init__(self, cfg: Config):
+        from operators.vision import VisionEncoder  # torchvision (0.17 GiB): only in this operator's process
+
         self.device = resolve_device(cfg.runtime.device)
         encoder = VisionEncoder(spec_of(cfg.vision, VisionSpec), cfg.video.image_size)
         self.encoder = encoder.prepare_for_inference().to(self.device)

@@ -10,7 +10,6 @@ import numpy as np
 
 from pipeline.compute.provenance import trained_behind
 from pipeline.core.config import Config
-from pipeline.training.clip_tokens import ClipEncoder
 
 log = logging.getLogger("avfuse.train")
 
@@ -63,6 +62,8 @@ def _train_sync(cfg: Config, args: argparse.Namespace) -> int:
     from pipeline.training.synthetic import write_sync_clip
 
     root = Path(args.cache_dir) if args.cache_dir else None
+    from pipeline.training.clip_tokens import ClipEncoder  # torch: only when training
+
     encoder = ClipEncoder(cfg, root / "tokens" if root else None)
     clip_dir = (root or encoder.cache_dir.parent) / "synthetic"
     per_row = int(round(cfg.audio.token_s / 0.01))
