@@ -286,3 +286,39 @@ def test_sound_returning_after_silence_is_a_short_onset_that_settles():
     assert len(onsets) == 1
     assert onsets[0].start_s == 7.0 and onsets[0].attributes["closed_by"] == "settled"
     assert 7.5 <= onsets[0].end_s <= 7.6
+
+
+def test_a_condition_open_for_an_hour_holds_constant_memory():
+    # A camera frozen black and silent for an hour: the open conditions keep running statistics,
+    # not every sample, so the detectors' memory does not grow with the condition's length.
+    import tracemalloc
+
+    from pipeline.core.config import SpeechConfig
+    from pipeline.core.media import SpeechProbs
+
+    bank = DetectorBank("cam", DetectorsConfig(), SpeechConfig())
+    minute_frames, minute_subframes, minute_windows = 4 * 60, 100 * 60, int(60 / 0.032)
+
+    def one_minute(minute: int) -> None:
+        t0 = 60.0 * minute
+        frames_t = t0 + np.arange(minute_frames) / 4.0
+        bank.on_video(VideoSeries(frames_t, np.zeros(minute_frames), np.zeros(minute_frames), np.zeros(minute_frames)))
+        sub_t = t0 + np.arange(minute_subframes) / 100.0
+        bank.on_audio(AudioSeries(sub_t, np.full(minute_subframes, -90.0), np.zeros(minute_subframes)))
+        windows_t = t0 + np.arange(minute_windows) * 0.032
+        bank.on_speech(SpeechProbs(np.full(minute_windows, 0.9, np.float32), windows_t, 0.032))
+
+    one_minute(0)
+    tracemalloc.start()
+    one_minute(1)
+    after_two, _ = tracemalloc.get_traced_memory()
+    for minute in range(2, 60):
+        one_minute(minute)
+    after_sixty, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert after_sixty - after_two < 64 * 1024, after_sixty - after_two
+    closed = {e.label: e for e in bank.finish(3600.0, 3600.0)}
+    assert closed["black_video"].attributes["frames"] == 60 * minute_frames
+    assert closed["silence"].attributes["mean_dbfs"] == pytest.approx(-90.0)
+    assert closed["speech"].attributes["mean_prob"] == pytest.approx(0.9)
+    assert all(e.start_s == 0.0 for e in closed.values()), closed

@@ -1,15 +1,20 @@
-"""Spans with hysteresis: the one shape of "a condition opens, extends, closes" over scored steps.
+"""Spans: the one shape of "a condition opens, extends, closes", with running statistics.
 
-A step is a stretch of stream time [start_s, end_s) with a score per key (a class, a concept).
+``Span`` is the open condition every detector keeps (black, frozen, silence, speech, tags,
+av_events, faces): where it started, how far it reached, and the peak, sum and count of its
+values, never the values themselves, so a condition that lasts for hours costs constant memory.
+
+``HysteresisSpans`` is its scored-steps form. A step is a stretch of stream time [start_s, end_s) with a score per key (a class, a concept).
 Per key, a span opens at a step scoring at least ``enter``, extends over every following step
 scoring at least ``exit`` and closes at the first one below (a key absent from a step scores 0).
 A pause in the steps longer than ``max_gap_s`` closes every span at the end of the last step
 before it: nothing is assumed about media that was not seen. Spans keep running statistics,
-not their steps, so a condition that lasts for hours costs constant memory.
+not their steps.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -25,11 +30,28 @@ class Span:
     steps: int = 0
     context: dict = field(default_factory=dict)  # caller's running sums (e.g. scores of other classes)
 
+    @classmethod
+    def open(cls, start_s: float) -> "Span":
+        """A span opening at ``start_s`` with no value yet."""
+        return cls(start_s, start_s, -math.inf)
+
     def extend(self, end_s: float, score: float) -> None:
         self.end_s = max(self.end_s, end_s)
         self.peak = max(self.peak, score)
         self.total += score
         self.steps += 1
+
+    def absorb(self, other: "Span") -> None:
+        """Take in a later stretch's values (a pause that turned out to be part of this span)."""
+        self.end_s = max(self.end_s, other.end_s)
+        self.peak = max(self.peak, other.peak)
+        self.total += other.total
+        self.steps += other.steps
+
+    @property
+    def max(self) -> float:
+        """The peak value, 0.0 before any."""
+        return self.peak if self.steps else 0.0
 
     @property
     def mean(self) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.core.config import LoudOnsetConfig, SilenceConfig
 from pipeline.output.records import Event
+from pipeline.stream.spans import Span
 
 # Audio missing for longer than this between two sub-frames is a source gap: conditions close at
 # the end of the last sub-frame before it, and nothing is assumed about the audio inside it.
@@ -94,42 +95,42 @@ class SilenceDetector(_AudioDetector):
     def __init__(self, stream_id: str, cfg: SilenceConfig) -> None:
         super().__init__(stream_id)
         self._cfg = cfg
-        self._start_s: float | None = None
-        self._levels: list[float] = []
+        self._silence: Span | None = None  # levels in running statistics: hours of silence, constant memory
 
     def update(self, series: AudioSeries) -> list[Event]:
         events = []
         enter, exit_ = self._cfg.enter_dbfs, self._cfg.exit_dbfs
         for t_s, level in zip(series.t_s.tolist(), series.rms_dbfs.tolist()):
-            if self._start_s is not None and self._gap_before(t_s):
+            if self._silence is not None and self._gap_before(t_s):
                 events += self._close(self._last_end_s, "gap")
-            if self._start_s is None:
+            if self._silence is None:
                 if level < enter:
-                    self._start_s, self._levels = t_s, [level]
+                    self._silence = Span.open(t_s)
+                    self._silence.extend(t_s, level)
             elif level > exit_:
                 events += self._close(t_s, "sound")
             else:
-                self._levels.append(level)
+                self._silence.extend(t_s, level)
             self._last_end_s = t_s + series.frame_s
         return events
 
     def finish(self, end_s: float | None) -> list[Event]:
-        if self._start_s is None:
+        if self._silence is None:
             return []
-        return self._close(max(self._start_s, self._media_end(end_s)), "end")
+        return self._close(max(self._silence.start_s, self._media_end(end_s)), "end")
 
     def pending_from_s(self) -> float | None:
-        return self._start_s
+        return None if self._silence is None else self._silence.start_s
 
     def _close(self, end_s: float, closed_by: str) -> list[Event]:
-        start_s, levels = self._start_s, self._levels
-        self._start_s, self._levels = None, []
+        silence, self._silence = self._silence, None
+        start_s = silence.start_s
         if end_s - start_s < self._cfg.min_duration_s - _TIME_EPS_S:
             return []
-        mean_dbfs = float(np.mean(levels))
+        mean_dbfs = silence.mean
         # enter_dbfs -> 0.5, 20 dB quieter or more -> 1.
         confidence = 0.5 + (self._cfg.enter_dbfs - mean_dbfs) / 40.0
-        attributes = {"duration_s": end_s - start_s, "mean_dbfs": mean_dbfs, "max_dbfs": max(levels),
+        attributes = {"duration_s": end_s - start_s, "mean_dbfs": mean_dbfs, "max_dbfs": silence.max,
                       "closed_by": closed_by}
         return [self._event(start_s, end_s, confidence, attributes)]
 

@@ -22,6 +22,7 @@ from pipeline.core.config import (
     SceneCutConfig,
 )
 from pipeline.output.records import Event
+from pipeline.stream.spans import Span
 
 # PTS are floats: a duration that equals its threshold up to this much counts as reaching it.
 TIME_EPS_S = 1e-6
@@ -233,8 +234,9 @@ class MotionBurstDetector:
 class _RunDetector:
     """A condition that holds over a run of frames; an event if it lasts min_duration_s.
 
-    The run starts at ``_begin`` and ends at the t_s of the first frame where it no longer
-    holds, or at the end of the media.
+    The run opens at ``_begin`` and ends at the t_s of the first frame where it no longer
+    holds, or at the end of the media. It keeps running statistics of its values (a ``Span``),
+    so a camera frozen for hours costs what one frozen second does.
     """
 
     name = "run"
@@ -243,33 +245,29 @@ class _RunDetector:
     def __init__(self, stream_id: str, min_duration_s: float) -> None:
         self._stream_id = stream_id
         self._min_duration_s = min_duration_s
-        self._start_s: float | None = None
-        self._values: list[float] = []
+        self._run: Span | None = None
 
     def _begin(self, start_s: float) -> None:
-        self._start_s, self._values = start_s, []
+        self._run = Span.open(start_s)
 
     def _close(self, end_s: float) -> list[Event]:
-        start_s, values = self._start_s, self._values
-        self._start_s, self._values = None, []
-        if start_s is None or end_s - start_s < self._min_duration_s - TIME_EPS_S:
+        run, self._run = self._run, None
+        if run is None or end_s - run.start_s < self._min_duration_s - TIME_EPS_S:
             return []
-        mean_value = float(np.mean(values)) if values else 0.0
-        attributes = {"duration_s": end_s - start_s, "frames": len(values),
-                      "mean": mean_value, "max": max(values, default=0.0)}
-        return [Event(self._stream_id, self.name, start_s, end_s, self._confidence(mean_value),
+        attributes = {"duration_s": end_s - run.start_s, "frames": run.steps, "mean": run.mean, "max": run.max}
+        return [Event(self._stream_id, self.name, run.start_s, end_s, self._confidence(run.mean),
                       self.name, self.version, attributes=attributes)]
 
     def _confidence(self, mean_value: float) -> float:
         raise NotImplementedError
 
     def finish(self, end_s: float | None) -> list[Event]:
-        if self._start_s is None:
+        if self._run is None:
             return []
-        return self._close(self._start_s if end_s is None else max(end_s, self._start_s))
+        return self._close(self._run.start_s if end_s is None else max(end_s, self._run.start_s))
 
     def pending_from_s(self) -> float | None:
-        return self._start_s
+        return None if self._run is None else self._run.start_s
 
 
 class BlackVideoDetector(_RunDetector):
@@ -285,10 +283,10 @@ class BlackVideoDetector(_RunDetector):
         events = []
         for frame in frames:
             if frame.luma_mean <= self._max_luma:
-                if self._start_s is None:
+                if self._run is None:
                     self._begin(frame.t_s)
-                self._values.append(frame.luma_mean)
-            elif self._start_s is not None:
+                self._run.extend(frame.t_s, frame.luma_mean)
+            elif self._run is not None:
                 events += self._close(frame.t_s)
         return events
 
@@ -321,10 +319,10 @@ class FrozenVideoDetector(_RunDetector):
                 and previous.luma_mean > self._black_max_luma
             )
             if static:
-                if self._start_s is None:
+                if self._run is None:
                     self._begin(previous.t_s)
-                self._values.append(frame.motion)
-            elif self._start_s is not None:
+                self._run.extend(frame.t_s, frame.motion)
+            elif self._run is not None:
                 events += self._close(frame.t_s)
         return events
 
