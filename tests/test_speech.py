@@ -373,3 +373,24 @@ def test_speech_disabled_leaves_the_audio_stage_without_it(clips):
     stage = AudioStage(load_config(None, ["speech.enabled=false"], environ={}))
     rows = next(c.audio for c in decode_chunks(clips["av.mp4"]) if c.audio is not None)
     assert stage.speech is None and stage.run_batch([rows])[0].speech is None
+
+
+def test_an_ended_streams_state_serves_the_next_stream_as_new():
+    from pipeline.core.media import AudioRows
+
+    scoring = SpeechScoring(load_config(None, [], environ={}), 8)
+    built = []
+    make = scoring._make
+    scoring._make = lambda rate: built.append(rate) or make(rate)
+    talk = noise(2.0, seed=3).reshape(20, 1600)
+    rows_t = np.arange(20) * 0.1
+
+    def stream(stream_id: str) -> np.ndarray:
+        first = scoring.score(AudioRows(talk[:10], rows_t[:10], 16000, stream_id))
+        rest = scoring.score(AudioRows(talk[10:], rows_t[10:], 16000, stream_id, last=True))
+        return np.concatenate([first.prob, rest.prob])
+
+    fresh = stream("a")  # the state the stage loaded to check silero works
+    again = stream("b")  # a's, reset
+    np.testing.assert_array_equal(again, fresh)
+    assert built == []  # no stream paid for loading silero
