@@ -72,7 +72,7 @@ class ProcessRoles:
 class MemorySampler:
     """Peak summed RSS and PSS of every process with a role, and the RSS by role at the RSS peak.
 
-    RSS counts a shared library (libtorch is ~0.4 GiB) once in every process that maps it;
+    RSS counts a shared library (importing torch's CUDA build maps ~0.7 GiB) in every process using it;
     PSS splits shared pages among the processes sharing them, so its sum is what the node
     actually holds.
     """
@@ -83,17 +83,27 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @staticmethod
+    def _pss_bytes(pid: int) -> int:
+        # smaps_rollup, not psutil's memory_full_info: that parses the full smaps (thousands of
+        # mappings with torch), which costs the sampler's CPU and stalls the sampled processes.
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
     def _run(self) -> None:
         while not self._stop.is_set():
             by_role: dict[str, int] = {}
             pss = 0
             for role, proc in self.roles.processes():
                 try:
-                    memory = proc.memory_full_info()
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    rss = proc.memory_info().rss
+                    pss += self._pss_bytes(proc.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError):
                     continue
-                by_role[role] = by_role.get(role, 0) + memory.rss
-                pss += getattr(memory, "pss", memory.rss)
+                by_role[role] = by_role.get(role, 0) + rss
             if sum(by_role.values()) > self.peak_rss:
                 self.peak_rss, self.rss_by_role = sum(by_role.values()), by_role
             self.peak_pss = max(self.peak_pss, pss)
@@ -191,10 +201,12 @@ def bench_clip(label: str, clip: Path, pipeline: Pipeline, streams: int, seconds
     # measured on its own below, not inside the throughput.
     pipeline_fps(pipeline, str(clip), streams, frames)
     roles = ProcessRoles(pipeline)
+    with CpuByRole(roles) as cpu:
+        fps_1 = pipeline_fps(pipeline, str(clip), 1, frames)
+    fps_n = pipeline_fps(pipeline, str(clip), streams, frames)
+    # Memory in a run of its own: scanning every process each second costs CPU the fps runs must not pay.
     with MemorySampler(roles) as memory:
-        with CpuByRole(roles) as cpu:
-            fps_1 = pipeline_fps(pipeline, str(clip), 1, frames)
-        fps_n = pipeline_fps(pipeline, str(clip), streams, frames)
+        pipeline_fps(pipeline, str(clip), streams, frames)
     # The machine is noisy: take the baseline again after the pipeline and keep the best of
     # each, so a slow moment in the baseline cannot flatter the ratio.
     decode_fps_1 = max(decode_fps_1, frames / decode_only(str(clip))[1])
