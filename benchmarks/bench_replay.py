@@ -13,7 +13,9 @@ cameras) and, with ``--bframes``, one with B-frames (typical of files). Prints, 
   - peak RSS and PSS of the driver plus every Ray worker process, sampled during the run,
     and the RSS by role at the peak;
   - CPU seconds per media second by process role (driver, stream actors: decode + stream logic,
-    each operator actor, Ray's own processes) over the 1-stream run;
+    each operator actor, Ray's own processes) over the 1-stream run; by operator (the CPU time
+    of the threads that ran its batches, apart even when operators share a process); and of
+    decode alone (a decode-only pass in this process), which the stream actors' figure includes;
   - a stream's start-up: from run_stream to its first record, and the same less PyAV's own open
     (probe) of the file measured in this process.
 
@@ -48,8 +50,11 @@ class ProcessRoles:
     """Which avfuse role each process of the node plays: driver, stream actors, each operator, Ray."""
 
     def __init__(self, pipeline: Pipeline):
-        pids = ray.get([actor.pid.remote() for actor in pipeline.operators.values()])
-        self.operators = {pid: f"operator {kind}" for pid, kind in zip(pids, pipeline.operators)}
+        pids = ray.get([handle.pid.remote() for handle in pipeline.operators.values()])
+        kinds_by_pid: dict[int, list[str]] = {}
+        for pid, kind in zip(pids, pipeline.operators):
+            kinds_by_pid.setdefault(pid, []).append(kind)  # several when they share a process
+        self.operators = {pid: "operator " + "+".join(kinds) for pid, kinds in kinds_by_pid.items()}
         self.me = os.getpid()
 
     def processes(self):
@@ -143,6 +148,26 @@ class CpuByRole:
         self.seconds = {role: after[role] - self._before.get(role, 0.0) for role in after}
 
 
+class CpuByOperator:
+    """CPU seconds of each operator's batches (their threads' CPU time, from the operators' own
+    stats), between enter and exit: each operator apart, even when they share one process."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.handles = pipeline.operators
+
+    def _snapshot(self) -> dict[str, float]:
+        stats = ray.get([handle.stats.remote() for handle in self.handles.values()])
+        return {kind: s["cpu_s"] for kind, s in zip(self.handles, stats)}
+
+    def __enter__(self) -> "CpuByOperator":
+        self._before = self._snapshot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = self._snapshot()
+        self.seconds = {kind: after[kind] - self._before[kind] for kind in after}
+
+
 class FirstRecord:
     """A sink that notes when the first record arrived."""
 
@@ -177,6 +202,16 @@ def startup_s(pipeline: Pipeline, path: str) -> tuple[float, float]:
     return best, best - probe
 
 
+def decode_only_cpu_s(path: str) -> float:
+    """Process CPU seconds of one decode-only pass (FFmpeg's threads included), best of 2."""
+    best = float("inf")
+    for _ in range(2):
+        started = time.process_time()
+        decode_only(path)
+        best = min(best, time.process_time() - started)
+    return best
+
+
 def pipeline_fps(pipeline: Pipeline, path: str, streams: int, frames_per_stream: int) -> float:
     started = time.perf_counter()
     results = asyncio.run(pipeline.replay([path] * streams, NullSink()))
@@ -201,7 +236,7 @@ def bench_clip(label: str, clip: Path, pipeline: Pipeline, streams: int, seconds
     # measured on its own below, not inside the throughput.
     pipeline_fps(pipeline, str(clip), streams, frames)
     roles = ProcessRoles(pipeline)
-    with CpuByRole(roles) as cpu:
+    with CpuByRole(roles) as cpu, CpuByOperator(pipeline) as operator_cpu:
         fps_1 = pipeline_fps(pipeline, str(clip), 1, frames)
     fps_n = pipeline_fps(pipeline, str(clip), streams, frames)
     # Memory in a run of its own: scanning every process each second costs CPU the fps runs must not pay.
@@ -226,6 +261,11 @@ def bench_clip(label: str, clip: Path, pipeline: Pipeline, streams: int, seconds
               f"{role} {value / 2**30:.2f}" for role, value in sorted(memory.rss_by_role.items(), key=lambda kv: -kv[1])))
     print(f"[{label}] CPU s per media s, 1 stream: " + ", ".join(
         f"{role} {value / seconds:.3f}" for role, value in sorted(cpu.seconds.items(), key=lambda kv: -kv[1])))
+    print(f"[{label}] CPU s per media s by operator, 1 stream (its batches' thread; ASR's own threads not "
+          "counted): " + ", ".join(f"{kind} {value / seconds:.3f}" for kind, value in
+                                   sorted(operator_cpu.seconds.items(), key=lambda kv: -kv[1])))
+    decode_cpu_s = decode_only_cpu_s(str(clip))
+    print(f"[{label}] decode alone (decode-only, this process): {decode_cpu_s / seconds:.3f} CPU s per media s")
     print(f"[{label}] stream start-up: {first_s * 1000:.0f} ms to the first record, "
           f"{first_less_probe_s * 1000:.0f} ms of it not PyAV's open")
 

@@ -4,6 +4,7 @@ receives records only."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import ray
@@ -100,3 +101,38 @@ def test_a_relay_that_the_driver_does_not_drain_holds_the_stream_back():
         await asyncio.wait_for(waiting, 1.0)
 
     asyncio.run(scenario())
+
+
+def test_shared_operators_in_one_process_or_one_each_give_the_same_records(ray_session, tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=10.0, width=160, height=120))
+
+    def run(mode: str) -> tuple[int, list[tuple]]:
+        pipe = Pipeline(load_config(None, ["records.stdout=false", "profile=signal",
+                                           f"runtime.operator_processes={mode}"], environ={}))
+        out = tmp_path / f"{mode}.jsonl"
+        try:
+            asyncio.run(pipe.warm_up())
+            processes = len(set(ray.get([handle.pid.remote() for handle in pipe.operators.values()])))
+            sink = JsonlSink(out)
+            try:
+                results = asyncio.run(pipe.replay([str(clip)], sink))
+            finally:
+                sink.close()
+        finally:
+            pipe.shutdown()
+        assert [r.status for r in results] == ["ok"]
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        return processes, sorted((r["label"], r["start_s"], r["end_s"]) for r in records if r["type"] == "event")
+
+    one, per_operator = run("one"), run("per_operator")
+    assert (one[0], per_operator[0]) == (1, 3)  # vision, audio and fusion
+    assert one[1] == per_operator[1] and {"scene_cut", "loud_onset", "silence", "black_video"} <= {e[0] for e in one[1]}
+
+
+def test_operators_share_a_process_only_on_a_local_cpu_ray():
+    from pipeline.compute.actors import shares_one_process
+
+    assert shares_one_process(load_config(None, [], environ={}))
+    assert not shares_one_process(load_config(None, ["runtime.ray_address=ray://head:10001"], environ={}))
+    assert not shares_one_process(load_config(None, ["runtime.encoder_gpus=0.5"], environ={}))
+    assert not shares_one_process(load_config(None, ["runtime.operator_processes=per_operator"], environ={}))

@@ -26,6 +26,7 @@ class BatchStats:
     size_total: int = 0
     last_batch_size: int = 0
     last_latency_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the thread that ran the batches: the operator's own, even in a shared process
 
 
 class MicroBatcher(Generic[Item, Result]):
@@ -80,13 +81,17 @@ class MicroBatcher(Generic[Item, Result]):
             size += pending_size
         return batch
 
+    def _timed_run(self, items: list[Item]) -> tuple[list[Result], float]:
+        started = time.thread_time()
+        return self._run_batch(items), time.thread_time() - started
+
     async def _work(self) -> None:
         while True:
             batch = await self._collect()
             items = [item for item, _ in batch]
             started = time.perf_counter()
             try:
-                results = await asyncio.to_thread(self._run_batch, items)
+                results, cpu_s = await asyncio.to_thread(self._timed_run, items)
             except Exception as exc:  # every caller of this batch learns why
                 for _, future in batch:
                     if not future.done():
@@ -99,6 +104,7 @@ class MicroBatcher(Generic[Item, Result]):
             self.stats.size_total += size
             self.stats.last_batch_size = size
             self.stats.last_latency_s = latency_s
+            self.stats.cpu_s += cpu_s
             if self._on_batch is not None:
                 self._on_batch(size, latency_s)
             for (_, future), result in zip(batch, results):

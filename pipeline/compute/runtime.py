@@ -20,7 +20,7 @@ from typing import Callable
 
 import ray
 
-from pipeline.compute.actors import StageActor
+from pipeline.compute.actors import place_operators
 from pipeline.compute.record_relay import RecordBatch, StreamResult
 from pipeline.compute.stream_pool import StreamPool, kill
 from pipeline.compute.stream_runner import OperatorHandles
@@ -53,8 +53,6 @@ class Pipeline:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        placement = {"num_cpus": cfg.runtime.encoder_cpus, "num_gpus": cfg.runtime.encoder_gpus}
-        threads = cfg.runtime.torch_threads
         if cfg.sound_tags.enabled and not sound_patches_wanted(cfg):
             log.warning("sound tags off: YAMNet hears 16 kHz audio, audio.sample_rate_hz is %d",
                         cfg.audio.sample_rate_hz)
@@ -66,7 +64,7 @@ class Pipeline:
             log.warning("speech transcripts off: %s", transcripts_off_reason(cfg))
         kinds += ["asr"] if transcripts_wanted(cfg) else []
         # In pipeline order: warm-up reports the first that failed, an encoder before the heads behind it.
-        self.operators = {kind: StageActor.options(**placement).remote(kind, cfg, threads) for kind in kinds}
+        self.operators = place_operators(kinds, cfg)
         self.vision, self.audio, self.fusion = (self.operators[k] for k in ("vision", "audio", "fusion"))
         self.image_tags = self.operators.get("image_tags")
         self.sound_tags = self.operators.get("sound_tags")
@@ -125,7 +123,7 @@ class Pipeline:
 
     def shutdown(self) -> None:
         self.streams.shutdown()
-        actors = tuple(self.operators.values())
+        actors = tuple({id(h.actor): h.actor for h in self.operators.values()}.values())  # hosts, once each
         try:  # their live gauges (GPU memory) must not outlive them
             pids = ray.get([actor.pid.remote() for actor in actors], timeout=5)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):

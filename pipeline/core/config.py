@@ -329,6 +329,11 @@ class RuntimeConfig(Section):
                                                        "whose head advertises none, > 0 keeps them off the head")
     decode_cpus: float = Field(0.0, ge=0, description="CPUs reserved by each stream actor (decoder and per-stream logic); set 1 on a cluster to spread them")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each shared operator actor")
+    operator_processes: Literal["auto", "one", "per_operator"] = Field(
+        "auto", description="one: every shared operator in one actor process (each batches in a thread of its "
+                            "own; torch once, ~0.85 GiB less per operator); per_operator: an actor each, "
+                            "placeable on different nodes or GPUs; auto: one on a local Ray with no GPU "
+                            "reserved per operator (runtime.encoder_gpus 0)")
     max_concurrent_streams: int = Field(8, ge=1, description="streams decoded at once; more wait their turn")
     cluster_check_s: float = Field(15.0, gt=0, description="`avfuse run` checks this often that its operator "
                                                            "actors answer; a lost cluster ends it (exit 1)")

@@ -1,8 +1,10 @@
-"""All per-stream state in one place: feature continuity, alignment, detectors, taggers' and face events, summaries.
+"""All per-stream state in one place: feature continuity, alignment, detectors, taggers' and face
+events, summaries.
 
-The driver feeds a StreamSession each decoded chunk together with what the
-shared encoders made of it; the session returns the windows ready for fusion
-and writes events, summaries and the stream's start and end to the sink.
+The stream actor (``pipeline/compute/stream_runner.py``) feeds a StreamSession each decoded
+chunk together with what the shared encoders made of it; the session returns the windows ready
+for fusion and writes events, summaries and the stream's start and end to the sink. What the
+detectors read is built in ``continuity.py``; what a window's records say, in ``window_facts.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import time
 
 import numpy as np
 
-from operators.continuity import frame_difference, histogram_distance, spectral_flux
 from operators.speech import WINDOW_S as SPEECH_WINDOW_S
 from operators.windows import WindowInput
 from pipeline.core.config import Config
@@ -24,10 +25,11 @@ from pipeline.core.media import (
     StreamInfo,
 )
 from pipeline.observe import metrics
-from pipeline.output.records import Error, Event, StreamEnd, StreamStart, Transcript, Window, transcript_id
+from pipeline.output.records import Error, Event, StreamEnd, StreamStart, Transcript, transcript_id
 from pipeline.output.sinks import Sink
 from pipeline.stream.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
-from pipeline.stream.detectors.bank import AudioSeries, DetectorBank, VideoSeries
+from pipeline.stream.continuity import FeatureContinuity
+from pipeline.stream.detectors.bank import DetectorBank
 from pipeline.stream.face_events import FaceEvents
 from pipeline.stream.fusion_io import FusedWindows, FusionRequest
 from pipeline.stream.learned_events import LearnedEvents
@@ -36,19 +38,7 @@ from pipeline.stream.speech_segments import SpeechSegment, SpeechSegmenter, tran
 from pipeline.stream.summary import SummaryTracker
 from pipeline.stream.sync_tracker import SyncTracker
 from pipeline.stream.understanding import Understanding, fuses_tagger_tokens, tagger_modalities
-
-# Audio sub-frames further apart than this are not neighbours: no flux across a gap.
-_SUBFRAME_GAP_S = 0.015
-
-
-def _diff_to_previous(previous: np.ndarray | None, current: np.ndarray, fn) -> np.ndarray:
-    """fn(row i-1, row i) for every row, the first against ``previous`` (NaN without one)."""
-    if len(current) == 0:
-        return np.zeros(0, np.float32)
-    before = current[:-1] if previous is None else np.concatenate([previous[None], current[:-1]])
-    after = current[1:] if previous is None else current
-    values = np.asarray(fn(before, after), np.float32)
-    return values if previous is not None else np.concatenate([[np.nan], values]).astype(np.float32)
+from pipeline.stream.window_facts import is_filled, is_visible, window_record
 
 
 class StreamSession:
@@ -84,8 +74,7 @@ class StreamSession:
         self.summary.tags = self.understanding.top_tags
         self.fuses_tagger_tokens = fuses_tagger_tokens(cfg)
         self.started_wall_s = time.monotonic()
-        self._last_hist = self._last_thumb = self._last_bands = None
-        self._last_subframe_t_s: float | None = None
+        self.continuity = FeatureContinuity()
         self.video_end_s = self.audio_end_s = None
         self.processed_s = 0.0
         self.frames_decoded = self.frames_kept = self.decode_errors = self.events = 0
@@ -97,7 +86,8 @@ class StreamSession:
 
     # -- per chunk -------------------------------------------------------------------
 
-    def on_chunk(self, chunk: MediaChunk, video: EncodedVideo | None, audio: EncodedAudio | None) -> list[AlignedWindow]:
+    def on_chunk(self, chunk: MediaChunk, video: EncodedVideo | None,
+                 audio: EncodedAudio | None) -> list[AlignedWindow]:
         """Take one decoded chunk and its encodings; returns windows now ready for fusion."""
         self.media_arrived_wall_s = chunk.received_wall_s or None
         for reason in chunk.errors:
@@ -189,30 +179,21 @@ class StreamSession:
 
     def _on_video(self, video: EncodedVideo) -> None:
         self.frames_kept += len(video.t_s)
-        hist_distance = _diff_to_previous(self._last_hist, video.color_hist, histogram_distance)
-        motion = _diff_to_previous(self._last_thumb, video.luma_thumb, frame_difference)
-        self._last_hist, self._last_thumb = video.color_hist[-1], video.luma_thumb[-1]
+        series = self.continuity.video_series(video)
         self.video_end_s = float(video.t_s[-1]) + 1.0 / self.cfg.video.fps
-        self._emit(self.detectors.on_video(VideoSeries(video.t_s, video.luma_mean, hist_distance, motion)))
+        self._emit(self.detectors.on_video(series))
         if self.curves is not None:
-            self.curves.add_video(video.t_s, video.luma_mean, motion, self.video_end_s)
+            self.curves.add_video(video.t_s, video.luma_mean, series.motion, self.video_end_s)
+        motion = np.nan_to_num(series.motion).astype(np.float32)
         self.aligner.add("video", TimedRows(video.t_s, {
-            "tokens": video.tokens_f32, "luma_mean": video.luma_mean, "motion": np.nan_to_num(motion)}))
+            "tokens": video.tokens_f32, "luma_mean": video.luma_mean, "motion": motion}))
 
     def _on_audio(self, audio: EncodedAudio) -> None:
-        k, s = audio.rms_dbfs.shape
-        sub_t_s = (audio.t_s[:, None] + np.arange(s)[None, :] * audio.subframe_s).reshape(-1)
-        bands = audio.band_log_energy.reshape(k * s, -1)
-        neighbour = self._last_bands
-        if self._last_subframe_t_s is not None and sub_t_s[0] - self._last_subframe_t_s > _SUBFRAME_GAP_S:
-            neighbour = None
-        flux = _diff_to_previous(neighbour, bands, spectral_flux)
-        flux[1:][np.diff(sub_t_s) > _SUBFRAME_GAP_S] = np.nan
-        self._last_bands, self._last_subframe_t_s = bands[-1], float(sub_t_s[-1])
-        self.audio_end_s = float(sub_t_s[-1]) + audio.subframe_s
-        self._emit(self.detectors.on_audio(AudioSeries(sub_t_s, audio.rms_dbfs.reshape(-1), flux, audio.subframe_s)))
+        series = self.continuity.audio_series(audio)
+        self.audio_end_s = float(series.t_s[-1]) + audio.subframe_s
+        self._emit(self.detectors.on_audio(series))
         if self.curves is not None:
-            self.curves.add_audio(sub_t_s, audio.rms_dbfs.reshape(-1), self.audio_end_s)
+            self.curves.add_audio(series.t_s, series.rms_dbfs, self.audio_end_s)
         self.aligner.add("audio", TimedRows(audio.t_s, {
             "tokens": audio.tokens_f32, "rms_dbfs": audio.rms_dbfs.max(axis=1)}))
 
@@ -264,7 +245,7 @@ class StreamSession:
                 self.summary.sync = self.sync
             for window, probs, valid in zip(windows, fused.sync_probs, fused.sync_valid):
                 if valid:
-                    evidence = self._visible(window) and self._filled(window)
+                    evidence = is_visible(window, self.cfg.detectors) and is_filled(window, self.cfg)
                     self._emit(self.sync.add(window.start_s, window.end_s, probs, evidence))
         if fused.label_probs is not None:
             if self.learned is None:
@@ -274,36 +255,8 @@ class StreamSession:
         if not self.cfg.records.windows:
             return
         for window, embedding in zip(windows, fused.embedding):
-            self.sink.write(Window(
-                self.stream_id, window.index, window.start_s, window.end_s,
-                video_tokens=_count(window, "video"), audio_tokens=_count(window, "audio"),
-                missing=sorted(window.missing), fusion=self.cfg.fusion.strategy,
-                embedding=[round(float(x), 6) for x in embedding], signals=_window_signals(window),
-                sight_tokens=_count(window, "sights"), sound_tokens=_count(window, "sounds"),
-                tokens_from="taggers" if self.fuses_tagger_tokens else "encoders",
-                faces=_max_faces(window), text=self.understanding.window_text(window)),
-                self.media_arrived_wall_s)
-
-    def _filled(self, window: AlignedWindow) -> bool:
-        """Whether picture and sound both run through the whole window. A window past the media's
-        end holds a fraction of it: the sync head was trained on whole windows, and on such
-        windows of a 2.4 s held-out clip it was sure of a +0.19 s that was not there."""
-        slack_s = {"video": 1.0 / self.cfg.video.fps, "audio": self.cfg.audio.token_s}
-        for modality, tolerance_s in slack_s.items():
-            rows = window.rows.get(modality)
-            if (rows is None or len(rows) == 0 or rows.t_s[0] > window.start_s + tolerance_s + 1e-6
-                    or rows.t_s[-1] < window.end_s - 2 * tolerance_s - 1e-6):
-                return False
-        return True
-
-    def _visible(self, window: AlignedWindow) -> bool:
-        """Whether the window's picture is neither black nor frozen (thresholds of those detectors)."""
-        rows = window.rows.get("video")
-        if rows is None or len(rows) == 0:
-            return False
-        detectors = self.cfg.detectors
-        return (float(rows.columns["luma_mean"].max()) > detectors.black_video.max_luma
-                and float(rows.columns["motion"].max()) > detectors.frozen_video.max_motion)
+            self.sink.write(window_record(self.stream_id, window, embedding, self.cfg, self.fuses_tagger_tokens,
+                                          self.understanding.window_text(window)), self.media_arrived_wall_s)
 
     # -- end -------------------------------------------------------------------------
 
@@ -326,33 +279,3 @@ class StreamSession:
                         self.frames_decoded, self.frames_kept, self.decode_errors)
         self.sink.write(end)
         return end
-
-
-def _count(window: AlignedWindow, modality: str) -> int:
-    rows = window.rows.get(modality)
-    return 0 if rows is None else len(rows)
-
-
-def _max_faces(window: AlignedWindow) -> int | None:
-    """The most faces in one of the window's face frames; None without face frames (or faces off)."""
-    rows = window.rows.get("faces")
-    return None if rows is None or len(rows) == 0 else int(rows.columns["count"].max())
-
-
-# How close to its peak a signal must come to count as reaching it (ties are common:
-# a flash or a beep is flat at its peak, and the first time it is reached is the news).
-_PEAK_TOLERANCE = {"luma_mean": 0.02, "rms_dbfs": 1.0}
-
-
-def _window_signals(window: AlignedWindow) -> dict[str, float]:
-    """How bright and loud the window got, and when it first did (for inspection and tests)."""
-    signals: dict[str, float] = {}
-    for modality, column, prefix in (("video", "luma_mean", "peak_luma"), ("audio", "rms_dbfs", "peak_dbfs")):
-        rows = window.rows.get(modality)
-        if rows is not None and len(rows):
-            values = rows.columns[column]
-            peak = float(values.max())
-            first = int(np.argmax(values >= peak - _PEAK_TOLERANCE[column]))
-            signals[prefix] = round(peak, 4)
-            signals[f"{prefix}_t_s"] = round(float(rows.t_s[first]), 3)
-    return signals

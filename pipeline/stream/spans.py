@@ -4,9 +4,10 @@
 av_events, faces): where it started, how far it reached, and the peak, sum and count of its
 values, never the values themselves, so a condition that lasts for hours costs constant memory.
 
-``HysteresisSpans`` is its scored-steps form. A step is a stretch of stream time [start_s, end_s) with a score per key (a class, a concept).
-Per key, a span opens at a step scoring at least ``enter``, extends over every following step
-scoring at least ``exit`` and closes at the first one below (a key absent from a step scores 0).
+``HysteresisSpans`` is its scored-steps form. A step is a stretch of stream time [start_s, end_s)
+with a score per key (a class, a concept). Per key, a span opens at a step scoring at least
+``enter``, extends over every following step scoring at least ``exit`` and closes at the first
+one below (a key absent from a step scores 0).
 A pause in the steps longer than ``max_gap_s`` closes every span at the end of the last step
 before it: nothing is assumed about media that was not seen. Spans keep running statistics,
 not their steps.
