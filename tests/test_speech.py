@@ -394,3 +394,22 @@ def test_an_ended_streams_state_serves_the_next_stream_as_new():
     again = stream("b")  # a's, reset
     np.testing.assert_array_equal(again, fresh)
     assert built == []  # no stream paid for loading silero
+
+
+def test_the_onnx_sequence_path_scores_real_speech_as_the_torchscript_model_does():
+    from operators.speech import _SequenceWindows, _TorchScriptWindows
+
+    container = av.open(str(SHARED_MEDIA / "nasa_13013.mp4"))
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE_HZ)
+    samples = np.concatenate([out.to_ndarray()[0] for frame in container.decode(audio=0)
+                              for out in resampler.resample(frame)])
+    container.close()
+    sequence = SpeechActivity(RATE_HZ)
+    assert isinstance(sequence._windows, _SequenceWindows)  # the default at 16 kHz
+    reference = SpeechActivity(RATE_HZ)
+    reference._windows = _TorchScriptWindows(RATE_HZ, 1)
+    reference.reset()
+    fast, _ = feed_in_pieces(sequence, samples, [1600] * (len(samples) // 1600 + 1))
+    slow, _ = reference.feed(samples, 0.0)
+    assert len(fast) == len(slow) > 300 and slow.max() > 0.9  # a narration: speech is there
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
