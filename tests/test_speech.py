@@ -413,3 +413,21 @@ def test_the_onnx_sequence_path_scores_real_speech_as_the_torchscript_model_does
     slow, _ = reference.feed(samples, 0.0)
     assert len(fast) == len(slow) > 300 and slow.max() > 0.9  # a narration: speech is there
     np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_speech_states_leave_the_hosting_process_threads_alone():
+    # The audio stage may share its process with the other operators (runtime.operator_processes):
+    # a new stream's state must not set that process to one torch thread.
+    import torch
+
+    import silero_vad  # noqa: F401 (its import sets one thread, once; the actor sets its own after)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for rate_hz in (8000, 16000):
+            scoring = SpeechScoring(load_config(None, [f"audio.sample_rate_hz={rate_hz}"], environ={}), 8)
+            scoring._take_spare(), scoring._take_spare()  # the checked one, then a new one
+            assert torch.get_num_threads() == 2, rate_hz
+    finally:
+        torch.set_num_threads(before)

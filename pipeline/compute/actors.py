@@ -64,6 +64,8 @@ class StageActor:
                 stage.run_batch, len, _MAX_BATCH[kind](cfg), cfg.batching.max_wait_ms / 1000.0,
                 on_batch=lambda size, latency_s, kind=kind: self._count_batch(kind, size, latency_s),
             )
+        # Again: importing silero_vad (the audio stage) sets the whole process to one thread.
+        torch.set_num_threads(torch_threads)
 
     def _count_batch(self, kind: str, size: int, latency_s: float) -> None:
         m = metrics.get()

@@ -15,6 +15,7 @@ tests) would otherwise pay each.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 
@@ -37,7 +38,8 @@ class SpeechScoring:
         try:
             from operators.speech import SpeechActivity
 
-            self._make = SpeechActivity
+            # Threads are the hosting actor's to set (runtime.torch_threads), not each state's.
+            self._make = functools.partial(SpeechActivity, torch_threads=None)
             self._spare.append(self._make(self.sample_rate_hz))  # fail here, once, not per stream
         except Exception as exc:  # an optional detector must not stop the audio stage
             self.unavailable = one_line(exc)
