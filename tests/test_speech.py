@@ -418,9 +418,8 @@ def test_the_onnx_sequence_path_scores_real_speech_as_the_torchscript_model_does
 def test_speech_states_leave_the_hosting_process_threads_alone():
     # The audio stage may share its process with the other operators (runtime.operator_processes):
     # a new stream's state must not set that process to one torch thread.
-    import torch
-
     import silero_vad  # noqa: F401 (its import sets one thread, once; the actor sets its own after)
+    import torch
 
     before = torch.get_num_threads()
     try:
