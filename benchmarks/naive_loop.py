@@ -30,6 +30,7 @@ import av
 import numpy as np
 import torch
 
+from benchmarks.bench_media import decoded_frames
 from operators import SignalFeatures, VisionEncoder, WindowInput, build_audio_encoder, build_fusion, collate_windows
 from operators.av_sync import load_sync_head
 from operators.efficientnet_lite import ImageTagger, load_image_tagger
@@ -155,29 +156,24 @@ def naive_fps(path: str, models: Models | None = None) -> float:
     video_keep, tag_keep = _Sampler(VIDEO_FPS), _Sampler(TAG_FPS)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
     next_hop_s = HOP_S
-    with av.open(path) as container:
-        streams = [container.streams.video[0], container.streams.audio[0]]
-        for stream in streams:
-            stream.thread_type = "AUTO"
-        for packet in container.demux(*streams):
-            for frame in packet.decode():
-                t_s = float(frame.pts * Fraction(frame.time_base)) if frame.pts is not None else 0.0
-                if isinstance(frame, av.VideoFrame):
-                    frames += 1
-                    if video_keep.keep(t_s):
-                        state.frames.append(frame.to_ndarray(width=VIDEO_SIZE, height=VIDEO_SIZE, format="rgb24"))
-                        state.frame_t.append(t_s)
-                    if tag_keep.keep(t_s):
-                        size = ImageTagger.TRAINED_SIZE
-                        state.tag_frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
-                        state.tag_t.append(t_s)
-                    if t_s >= next_hop_s:
-                        _run_hop(models, state, vad, next_hop_s)
-                        next_hop_s += HOP_S
-                else:
-                    for out in resampler.resample(frame):
-                        state.arrived.append(out.to_ndarray()[0])
-        _run_hop(models, state, vad, next_hop_s)
+    for frame in decoded_frames(path):
+        t_s = float(frame.pts * Fraction(frame.time_base)) if frame.pts is not None else 0.0
+        if isinstance(frame, av.VideoFrame):
+            frames += 1
+            if video_keep.keep(t_s):
+                state.frames.append(frame.to_ndarray(width=VIDEO_SIZE, height=VIDEO_SIZE, format="rgb24"))
+                state.frame_t.append(t_s)
+            if tag_keep.keep(t_s):
+                size = ImageTagger.TRAINED_SIZE
+                state.tag_frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+                state.tag_t.append(t_s)
+            if t_s >= next_hop_s:
+                _run_hop(models, state, vad, next_hop_s)
+                next_hop_s += HOP_S
+        else:
+            for out in resampler.resample(frame):
+                state.arrived.append(out.to_ndarray()[0])
+    _run_hop(models, state, vad, next_hop_s)
     return frames / (time.perf_counter() - started)
 
 
