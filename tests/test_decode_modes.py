@@ -50,17 +50,17 @@ def test_auto_decodes_every_frame_when_a_sampler_keeps_half_the_source_rate_or_m
 
 def test_skipping_stops_once_a_sampler_would_keep_a_later_frame_than_the_full_decode():
     context = SimpleNamespace(skip_frame="DEFAULT")
-    skipper = NonrefSkipper(context, [4.0], 25.0, origin_s=0.0)
-    skipper.before(SimpleNamespace(pts=8, time_base=0.04))  # 0.32 s: the 4 fps sampler keeps 0.28 s
+    skipper = NonrefSkipper(context, [4.0], 25.0)
+    skipper.before(8 * 0.04)  # 0.32 s: the 4 fps sampler keeps 0.28 s
     assert context.skip_frame == "NONREF"
-    skipper.before(SimpleNamespace(pts=7, time_base=0.04))
+    skipper.before(7 * 0.04)
     assert context.skip_frame == "DEFAULT"
     for t_s in (0.0, 0.08, 0.16, 0.24):  # B-frames left out between them, no tick
         skipper.decoded(t_s)
     assert skipper.active
     skipper.decoded(0.32)  # 0.28 s never came (a variable rate): the sample at 0.25 would move
     assert not skipper.active and context.skip_frame == "DEFAULT"
-    skipper.before(SimpleNamespace(pts=8, time_base=0.04))
+    skipper.before(8 * 0.04)
     assert context.skip_frame == "DEFAULT"
 
 

@@ -12,9 +12,11 @@ from jsonschema import Draft202012Validator
 
 from pipeline.output.records import (
     RECORD_TYPES,
+    Discontinuity,
     Error,
     Event,
     Signals,
+    SourceState,
     StreamEnd,
     StreamStart,
     Summary,
@@ -95,6 +97,10 @@ def _samples():
             at=1_760_000_041.7,
         ),
         "transcript": _transcript(),
+        "source_state": SourceState("cam-01", "retrying", "eof", "Connection refused", 41.2, 3, 4.2,
+                                    at=1_760_000_045.9),
+        "discontinuity": Discontinuity("cam-01", "eof", "the source stopped sending", 41.2, 47.0, 5.8, 4, 5.8,
+                                       at=1_760_000_047.5),
         "window": Window(
             stream_id="cam-01",
             index=7,

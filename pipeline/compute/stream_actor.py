@@ -24,6 +24,7 @@ from pipeline.compute.stream_runner import OperatorHandles, StreamRunner
 from pipeline.core.config import Config
 from pipeline.core.errors import one_line
 from pipeline.ingest.decode import MediaDecoder
+from pipeline.ingest.live_source import LiveSource, reconnects
 from pipeline.ingest.segments import SegmentPipe
 
 log = logging.getLogger("avfuse.runtime")
@@ -48,7 +49,7 @@ class StreamActor:
         # PyAV calls block; on their own thread they leave the actor's event loop free to take
         # the operators' answers and the driver's calls while the next chunk decodes.
         self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="decode")
-        self._decoder: MediaDecoder | None = None
+        self._decoder: MediaDecoder | LiveSource | None = None
         self._runner: StreamRunner | None = None
         self._relay = RecordRelay()
         self._task: asyncio.Task | None = None
@@ -61,7 +62,10 @@ class StreamActor:
         previous one left open is closed first."""
         self.reset()
         self._cfg = cfg or self._cfg
-        self._decoder = MediaDecoder(stream_id, uri, self._cfg, open_options, source=self._pipe)
+        if self._pipe is None and reconnects(self._cfg, uri):
+            self._decoder = LiveSource(stream_id, uri, self._cfg, open_options)
+        else:
+            self._decoder = MediaDecoder(stream_id, uri, self._cfg, open_options, source=self._pipe)
         self._relay = RecordRelay()
         self._runner = StreamRunner(self._cfg, self._operators, self._decoder, self._relay,
                                     self._decode_thread, live)
@@ -79,6 +83,7 @@ class StreamActor:
             log.debug("stream %s: runner failed", runner.stream_id, exc_info=True)
             result = StreamResult(runner.stream_id, runner.uri, "failed", one_line(exc), 0.0, 0.0, 0)
         finally:
+            decoder.request_close()  # a live source's backoff or next connect ends now
             # Queued behind any decode still running, on the decoder's own thread.
             asyncio.get_running_loop().run_in_executor(self._decode_thread, decoder.close)
         relay.finish(result)
@@ -108,6 +113,7 @@ class StreamActor:
             self._task.cancel()
         self._task = None
         if self._decoder is not None:
+            self._decoder.request_close()
             self._decode_thread.submit(self._decoder.close)
         self._decoder = None
 

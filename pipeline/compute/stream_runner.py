@@ -28,12 +28,17 @@ from pipeline.core.config import Config
 from pipeline.core.errors import StreamOpenError, one_line
 from pipeline.core.media import MediaChunk
 from pipeline.ingest.decode import MediaDecoder
+from pipeline.ingest.live_source import LiveSource
 from pipeline.observe import metrics
 from pipeline.output.records import Error, StreamEnd
 from pipeline.stream.session import StreamSession
+from pipeline.stream.source_records import source_record
 from pipeline.stream.transcripts import TranscriptRequests
 
 log = logging.getLogger("avfuse.runtime")
+
+# While it waits for the decoder, the runner looks this often at a stop and at the source's packet age.
+_WAKE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,38 +58,66 @@ class StreamRunner:
     """Runs one stream: ``run()`` returns its StreamResult and never raises for the stream's own
     failures (they become error records); ``stop()`` ends it after the chunk in hand."""
 
-    def __init__(self, cfg: Config, operators: OperatorHandles, decoder: MediaDecoder, relay: RecordRelay,
-                 decode_thread: ThreadPoolExecutor, live: bool):
+    def __init__(self, cfg: Config, operators: OperatorHandles, decoder: MediaDecoder | LiveSource,
+                 relay: RecordRelay, decode_thread: ThreadPoolExecutor, live: bool):
         self.cfg, self.ops, self.decoder, self.relay = cfg, operators, decoder, relay
         self.stream_id, self.uri = decoder.stream_id, decoder.uri
         self._decode_thread = decode_thread
-        self.live = live
+        self.source_is_live = isinstance(decoder, LiveSource)
+        self.live = live or self.source_is_live
         self._stop = asyncio.Event()
         self._label = metrics.stream_label(self.stream_id)
+        self._packet_age = metrics.get().source_last_packet_age.labels(self._label) if self.source_is_live else None
         self._errors_counted = 0
 
     def stop(self) -> None:
         self._stop.set()
+        self.decoder.request_close()  # a live source waiting to reconnect wakes up
+
+    async def _decoded(self, future: asyncio.Future):
+        """``future``'s result, or the _STOPPED marker once ``stop`` is called first: a live source
+        can be down for minutes, a connect can take live.open_timeout_s, and a stop must not wait."""
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=_WAKE_S)
+            if done:
+                return future.result()
+            if self._packet_age is not None:
+                self._packet_age.set(time.monotonic() - self.decoder.last_packet_monotonic_s)
+            if self._stop.is_set():
+                return _STOPPED
 
     async def run(self) -> StreamResult:
         loop = asyncio.get_running_loop()
+        if self.source_is_live:  # changes while it first connects: there is no session yet to say them
+            self.decoder.on_change = lambda change: loop.call_soon_threadsafe(
+                self.relay.write, source_record(self.stream_id, change))
         try:
-            info = await loop.run_in_executor(self._decode_thread, self.decoder.open)
+            info = await self._decoded(loop.run_in_executor(self._decode_thread, self.decoder.open))
         except StreamOpenError as exc:
+            if self._stop.is_set():
+                return self._ended_before_open("stopped before the source connected")
             return self._failed_to_open(exc.reason)
         except Exception as exc:  # an open that failed in a way the decoder did not name
             log.debug("stream %s: open failed", self.stream_id, exc_info=True)
             return self._failed_to_open(one_line(exc))
-        session = StreamSession(self.stream_id, self.uri, self.cfg, info, self.relay)
+        if info is _STOPPED:
+            return self._ended_before_open("stopped before the source connected")
+        session = StreamSession(self.stream_id, self.uri, self.cfg, info, self.relay,
+                                source_state="streaming" if self.source_is_live else "file")
         self.relay.progress(0.0, info.duration_s)  # the stream's clock starts now
         transcripts = (TranscriptRequests(self.ops.asr, session)
                        if self.ops.asr is not None and session.segmenter else None)
         status, reason = "ok", None
         try:
             stopped = await self._pump(session, info.duration_s, transcripts)
-            reason = "stopped before its end" if stopped else _truncation(session.processed_s, info.duration_s)
+            failed_reason = getattr(self.decoder, "failed_reason", None)  # a live source given up on
+            reason = ("stopped before its end" if stopped else failed_reason
+                      or _truncation(session.processed_s, info.duration_s))
             if stopped:
                 status = "interrupted"
+            elif failed_reason:
+                status = "failed"
+                self.relay.write(Error(self.stream_id, "input", failed_reason, uri=self.uri, fatal=True))
             elif reason:
                 status = "failed"
                 self.relay.write(Error(self.stream_id, "decode", reason, uri=self.uri, fatal=True))
@@ -101,6 +134,10 @@ class StreamRunner:
         end = session.close(status, reason)
         self.ops.audio.forget.remote(self.stream_id)  # fire and forget: nothing waits on it
         return StreamResult(self.stream_id, self.uri, status, reason, end.processed_s, end.wall_s, end.events)
+
+    def _ended_before_open(self, reason: str) -> StreamResult:
+        self.relay.write(StreamEnd(self.stream_id, "interrupted", reason, 0.0, 0.0, 0, 0, 0, 0))
+        return StreamResult(self.stream_id, self.uri, "interrupted", reason, 0.0, 0.0, 0)
 
     def _failed_to_open(self, reason: str) -> StreamResult:
         self.relay.write(Error(self.stream_id, "open", reason, uri=self.uri, fatal=True))
@@ -121,7 +158,10 @@ class StreamRunner:
         inflight_gauge["decode"].inc(len(inflight))
         try:
             while inflight:
-                chunk = await inflight.popleft()
+                chunk = await self._decoded(inflight[0])
+                if chunk is _STOPPED:
+                    return True
+                inflight.popleft()
                 inflight_gauge["decode"].dec()
                 if chunk is None:
                     break
@@ -132,6 +172,8 @@ class StreamRunner:
                 await self._process(chunk, session, transcripts, inflight_gauge, m)
                 if lag is not None:
                     lag.set(max(0.0, time.monotonic() - session.started_wall_s - session.processed_s))
+                if self._packet_age is not None:
+                    self._packet_age.set(time.monotonic() - self.decoder.last_packet_monotonic_s)
                 self.relay.progress(session.processed_s, duration_s)
                 await self.relay.wait_for_room()  # the driver's sinks are behind: decode no further
                 if chunk.finished:
@@ -177,6 +219,9 @@ class StreamRunner:
         new_errors = self.decoder.decode_errors - self._errors_counted
         self._errors_counted += new_errors
         m.decode_errors.labels(label).inc(new_errors)
+
+
+_STOPPED = object()  # what _decoded returns when the stream was stopped while it waited
 
 
 async def _finish_transcripts(transcripts: TranscriptRequests, session: StreamSession) -> None:

@@ -59,6 +59,30 @@ class DecodeConfig(Section):
                                           "little worse (most on streams without B-frames)")
 
 
+class LiveConfig(Section):
+    """Live sources (RTSP, RTMP, SRT, UDP, live HLS): they reconnect instead of ending."""
+
+    reconnect: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: live URIs (rtsp, rtsps, rtmp, srt, udp, an HLS playlist without a duration) "
+                            "reconnect when their media stops; always: every URI does; never: none")
+    stall_s: float = Field(5.0, gt=0, description="no packet for this long is a disconnect, whatever FFmpeg does")
+    open_timeout_s: float = Field(10.0, gt=0, description="one connection attempt gives up after this long")
+    backoff_initial_s: float = Field(0.25, gt=0, description="wait before the first reconnect attempt")
+    backoff_max_s: float = Field(10.0, gt=0, description="waits double per failed attempt, up to this")
+    healthy_s: float = Field(5.0, ge=0, description="a connection that delivered this much media resets the "
+                                                     "backoff to backoff_initial_s")
+    max_outage_s: float | None = Field(None, gt=0, description="down this long: the stream fails "
+                                                               "(null: it retries for ever)")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP media over the control connection "
+                                                                    "(tcp: through NAT and firewalls) or udp")
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self):
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("live.backoff_max_s must not be below live.backoff_initial_s")
+        return self
+
+
 class VisionEncoderConfig(Section):
     backbone: str = Field("mobilenet_v3_small", description="torchvision classification architecture")
     checkpoint: str | None = Field(None, description="weights: a torchvision state_dict or an avfuse checkpoint")
@@ -433,6 +457,7 @@ class Config(Section):
     video: VideoConfig = VideoConfig()
     audio: AudioConfig = AudioConfig()
     decode: DecodeConfig = DecodeConfig()
+    live: LiveConfig = LiveConfig()
     vision: VisionEncoderConfig = VisionEncoderConfig()
     audio_encoder: AudioEncoderConfig = AudioEncoderConfig()
     fusion: FusionConfig = FusionConfig()

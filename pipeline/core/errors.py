@@ -20,6 +20,10 @@ class StreamOpenError(AvfuseError):
     """The input could not be opened as media (missing, not media, no streams)."""
 
 
+class OpenRefusedError(StreamOpenError):
+    """The URI policy refused the input (or a hop of it): trying again cannot help."""
+
+
 class StreamFailedError(AvfuseError):
     """A stream broke while running (truncated input, an actor died)."""
 

@@ -98,6 +98,34 @@ class SpeechProbs:
 
 
 @dataclass
+class SourceChange:
+    """A change in a stream's source, carried by the chunk that follows it.
+
+    kind:    "down" (the source stopped sending at ``at_s``), "retrying" (a reconnect attempt is due),
+             "resumed" (media goes on at ``resume_s``, the gap in between had none), "pts_jump" (the
+             source's timestamps jumped by ``jump_s``; the stream clock was re-based, so media goes on
+             at ``resume_s`` = ``at_s``) or "failed" (given up: the stream ends).
+    reason:  "eof", "timeout" or "error" for an outage, "pts_jump", or what ended the stream; ``detail``
+             says more in one line.
+    at_s:    stream time of the end of the media before the change.
+    resume_s: stream time the media after it starts at (None while it has not resumed).
+    attempt: connection attempts made since the source went down.
+    down_s:  wall seconds the source has been down.
+    wall_s:  time.time() of the change.
+    """
+
+    kind: str
+    reason: str
+    at_s: float
+    detail: str = ""
+    resume_s: float | None = None
+    attempt: int = 0
+    down_s: float = 0.0
+    jump_s: float = 0.0
+    wall_s: float = 0.0
+
+
+@dataclass
 class MediaChunk:
     """One step of one stream's decoding, as the decoder yields it to its stream actor.
 
@@ -121,6 +149,8 @@ class MediaChunk:
     tag_frames: VideoFrames | None = None  # frames for the image tagger (visual_tags.fps and size)
     audio_patches: AudioPatches | None = None  # patches for the sound tagger
     face_frames: VideoFrames | None = None  # frames for the face detector (faces.fps and width), when it runs
+    # What happened to the source before this chunk's media (a live source's outage, a PTS jump), in order.
+    source_changes: list[SourceChange] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -10,7 +10,9 @@ sampler keeps under half the source's frame rate, the frames no other frame
 references are not decoded unless a sampler keeps them (``decode.skip_nonref``);
 ``decode.fast`` skips deblocking. Audio is
 resampled by PyAV to mono float32 at ``audio.sample_rate_hz`` and cut into rows
-of ``audio.token_s``.
+of ``audio.token_s``. Every time goes through the stream's ``StreamClock``
+(``stream_clock.py``), which re-bases timestamps that jump; one connection of a
+live source is one decoder (``live_source.py``), which then does not end the stream.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pipeline.core.media import MediaChunk, StreamInfo, VideoFrames
 from pipeline.ingest.audio_patches import PatchCutter, sound_patches_wanted
 from pipeline.ingest.audio_rows import AudioRowCutter
 from pipeline.ingest.nonref_skip import NonrefSkipper, sampler_rates, skip_nonref_wanted
+from pipeline.ingest.stream_clock import StreamClock
 
 # After this many failed packets in a row a modality is given up (e.g. a corrupt
 # audio track, ~15 s of AAC): its windows are then masked and the other modality goes on.
@@ -92,21 +95,33 @@ def _pick_stream(streams, best):
 
 class MediaDecoder:
     """Decodes ``uri``, or with ``source`` a file-like object PyAV reads (a Kafka SegmentPipe;
-    ``uri`` then only names it in messages)."""
+    ``uri`` then only names it in messages).
+
+    A live source's connection does not end the stream (``ends_stream`` False): its last chunk
+    leaves both modalities open, and ``end_reason`` says why it ended: "eof" (demuxing just
+    stopped: a camera that went away), "timeout" (nothing to read for ``timeouts_s[1]``) or
+    "error". A reconnection (``resume_at_s`` given) starts at that stream time, with the first
+    timestamp it decodes as its base."""
 
     def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None,
-                 source: Any = None):
+                 source: Any = None, resume_at_s: float | None = None, ends_stream: bool = True,
+                 timeouts_s: tuple[float, float] = (10.0, 30.0)):
         self.stream_id = stream_id
         self.uri = uri
         self.source = source
         self.cfg = cfg
         self.open_options = open_options or {}
+        self.resume_at_s = resume_at_s
+        self.ends_stream = ends_stream
+        self.timeouts_s = timeouts_s
         self.container = None
         self.video_stream = self.audio_stream = None
-        self.origin_s = 0.0
+        self.clock = StreamClock()
         self.frames_kept = 0
         self.decode_errors = 0
         self.nonref_skipper: NonrefSkipper | None = None
+        self.end_reason, self.end_detail = "eof", ""
+        self.last_packet_monotonic_s = time.monotonic()  # read by the stream's watchdog and metrics
 
     def open(self) -> StreamInfo:
         import contextlib
@@ -123,8 +138,9 @@ class MediaDecoder:
             weakref.finalize(self, self.egress.close)
         try:
             with self.egress.watching() if self.egress is not None else contextlib.nullcontext():
+                # Tags that are not UTF-8 (old taggers wrote Latin-1) read with U+FFFD: the media still plays.
                 self.container = av.open(self.source if self.source is not None else uri,
-                                         options=options, timeout=(10.0, 30.0))
+                                         options=options, timeout=self.timeouts_s, metadata_errors="replace")
         except (OSError, av.error.FFmpegError, ValueError) as exc:
             refused = self.egress.refused(self.stream_id) if self.egress is not None else None
             reason = f"cannot open {redact(self.uri)}: {one_line(exc, with_type=True)}"
@@ -144,7 +160,9 @@ class MediaDecoder:
             for s in (self.video_stream, self.audio_stream)
             if s is not None and s.start_time is not None
         ]
-        self.origin_s = min(starts) if starts else 0.0
+        # A file's times count from its start; a live connection's from where the stream had got to.
+        self.clock = (StreamClock(min(starts) if starts else 0.0) if self.resume_at_s is None
+                      else StreamClock(None, self.resume_at_s))
         for s in (self.video_stream, self.audio_stream):
             if s is not None:
                 s.thread_type = "AUTO"
@@ -161,8 +179,7 @@ class MediaDecoder:
         rate = stream.average_rate or stream.guessed_rate
         source_fps = float(rate) if rate else None
         if skip_nonref_wanted(self.cfg, source_fps):
-            self.nonref_skipper = NonrefSkipper(stream.codec_context, sampler_rates(self.cfg), source_fps,
-                                                 self.origin_s)
+            self.nonref_skipper = NonrefSkipper(stream.codec_context, sampler_rates(self.cfg), source_fps)
 
     def _duration_s(self) -> float | None:
         if self.container.duration is not None and self.container.duration > 0:
@@ -189,6 +206,9 @@ class MediaDecoder:
         return {"codec": s.codec_context.name, "sample_rate_hz": s.codec_context.sample_rate,
                 "channels": s.codec_context.channels}
 
+    def request_close(self) -> None:
+        """Any thread: the stream is ending. A file's decoder has nothing to wake (a live source does)."""
+
     def close(self) -> None:
         if self.container is not None:
             self.container.close()
@@ -199,8 +219,12 @@ class MediaDecoder:
     def chunks(self) -> Iterator[MediaChunk]:
         cfg = self.cfg
         size = cfg.video.image_size
-        video = _ModalityProgress("video", done=self.video_stream is None)
-        audio = _ModalityProgress("audio", done=self.audio_stream is None)
+        start_s = self.resume_at_s or 0.0
+        video = _ModalityProgress("video", watermark_s=start_s, done=self.video_stream is None)
+        audio = _ModalityProgress("audio", watermark_s=start_s, done=self.audio_stream is None)
+        clock = self.clock
+        source_fps = (self._video_info() or {}).get("avg_fps")
+        video_frame_s = 1.0 / source_fps if source_fps else 0.04  # when a frame is due after the last
         cutter = AudioRowCutter(cfg.audio.sample_rate_hz, cfg.audio.token_s) if self.audio_stream else None
         patcher = PatchCutter() if cutter is not None and sound_patches_wanted(cfg) else None
         tag_size = cfg.visual_tags.image_size
@@ -213,7 +237,8 @@ class MediaDecoder:
         kept_scaler, tag_scaler, face_scaler = VideoReformatter(), VideoReformatter(), VideoReformatter()
         skipper = self.nonref_skipper
         seq = 0
-        next_boundary_s = cfg.decode.chunk_s
+        first_media_s: float | None = None  # chunk boundaries and realtime pacing count from it
+        next_boundary_s = math.inf
         pending = _PendingChunk(received_wall_s=time.time())
         wall_start = time.monotonic()
         selected = [s for s in (self.video_stream, self.audio_stream) if s is not None]
@@ -221,10 +246,11 @@ class MediaDecoder:
         def emit(final: bool) -> MediaChunk:
             nonlocal pending, seq
             if final:
-                video.done = audio.done = True
+                if self.ends_stream:
+                    video.done = audio.done = True
                 if cutter is not None:
                     cutter.flush()
-            rows = cutter.take_rows(self.stream_id, final) if cutter is not None else None
+            rows = cutter.take_rows(self.stream_id, final and self.ends_stream) if cutter is not None else None
             if cutter is not None:
                 audio.watermark_s = max(audio.watermark_s, cutter.watermark_s)
             patches = None
@@ -245,6 +271,7 @@ class MediaDecoder:
                 audio_decoded_s=(len(rows) * cfg.audio.token_s) if rows is not None else 0.0,
                 received_wall_s=pending.received_wall_s, errors=pending.errors,
                 tag_frames=tag_frames, audio_patches=patches, face_frames=face_frames,
+                source_changes=clock.take_jumps(),
             )
             seq += 1
             pending = _PendingChunk(received_wall_s=time.time())
@@ -252,17 +279,20 @@ class MediaDecoder:
 
         try:
             for packet in self.container.demux(*selected):
+                self.last_packet_monotonic_s = time.monotonic()
                 is_video = packet.stream is self.video_stream
                 progress = video if is_video else audio
                 if progress.done:
                     continue
+                modality = "video" if is_video else "audio"
+                packet_s = (clock.peek_s(modality, float(packet.pts * packet.time_base))
+                            if packet.pts is not None else None)
                 if is_video and skipper is not None:
-                    skipper.before(packet)
+                    skipper.before(packet_s)
                 try:
                     frames = packet.decode()
                 except (av.error.FFmpegError, ValueError) as exc:
                     self.decode_errors += 1
-                    packet_s = float(packet.pts * packet.time_base) - self.origin_s if packet.pts is not None else None
                     gave_up = progress.failed(packet_s, one_line(exc, with_type=True))
                     if gave_up:
                         pending.errors.append(gave_up)
@@ -273,7 +303,11 @@ class MediaDecoder:
                 for frame in frames:
                     if frame.pts is None:
                         continue
-                    t_s = float(frame.pts * frame.time_base) - self.origin_s
+                    pts_s = float(frame.pts * frame.time_base)
+                    if is_video:
+                        t_s = clock.to_stream_s("video", pts_s, video_frame_s)
+                    else:
+                        t_s = clock.to_stream_s("audio", pts_s, frame.samples / frame.sample_rate)
                     if is_video:
                         pending.frames_decoded += 1
                         if skipper is not None:
@@ -303,13 +337,22 @@ class MediaDecoder:
                     else:
                         cutter.push(frame, t_s)
                 media_s = max(video.watermark_s, cutter.watermark_s if cutter else 0.0)
+                if first_media_s is None and frames:
+                    first_media_s = media_s
+                    next_boundary_s = (math.floor(media_s / cfg.decode.chunk_s) + 1) * cfg.decode.chunk_s
                 if media_s >= next_boundary_s:
                     next_boundary_s = (math.floor(media_s / cfg.decode.chunk_s) + 1) * cfg.decode.chunk_s
                     if cfg.decode.realtime:
-                        _sleep_until(wall_start, media_s)
+                        _sleep_until(wall_start, media_s - first_media_s)
                     yield emit(final=False)
+        except (av.error.ExitError, av.error.TimeoutError) as exc:  # our read timeout, or the protocol's
+            self.end_reason, self.end_detail = "timeout", one_line(exc, with_type=True)
+            if self.ends_stream:
+                pending.errors.append(f"demuxing stopped: {self.end_detail}")
         except (av.error.FFmpegError, OSError) as exc:
-            pending.errors.append(f"demuxing stopped: {one_line(exc, with_type=True)}")
+            self.end_reason, self.end_detail = "error", one_line(exc, with_type=True)
+            if self.ends_stream:
+                pending.errors.append(f"demuxing stopped: {self.end_detail}")
         for progress in (video, audio):
             if progress.consecutive_errors and not progress.done:
                 pending.errors.append(progress.recovered())

@@ -29,18 +29,19 @@ class NonrefSkipper:
     left out just before it (a variable frame rate), every frame is decoded from there on.
     benchmarks.bench_decode_modes measures it."""
 
-    def __init__(self, codec_context, rates: list[float], source_fps: float, origin_s: float):
-        self.codec_context, self.rates, self.origin_s = codec_context, rates, origin_s
+    def __init__(self, codec_context, rates: list[float], source_fps: float):
+        self.codec_context, self.rates = codec_context, rates
         self.period_s = 1 / source_fps
         self.active = True
         self._setting: str | None = None
         self._last_s: float | None = None
 
-    def before(self, packet) -> None:
-        """Set skip_frame for ``packet``, before it is sent to the decoder."""
+    def before(self, packet_t_s: float | None) -> None:
+        """Set skip_frame for the packet at stream time ``packet_t_s`` (None: no PTS), before it is
+        sent to the decoder."""
         if not self.active:
             return
-        sampled = packet.pts is None or self._sampled(float(packet.pts * packet.time_base) - self.origin_s)
+        sampled = packet_t_s is None or self._sampled(packet_t_s)
         setting = "DEFAULT" if sampled else "NONREF"
         if setting != self._setting:
             self.codec_context.skip_frame = self._setting = setting

@@ -113,6 +113,17 @@ class Metrics:
         self.live_lag = Gauge("avfuse_live_lag_seconds",
                               "How far a live stream's processing is behind real time", ["stream"],
                               multiprocess_mode="livemax", **kw)
+        # live sources (StreamActor: pipeline/ingest/live_source.py)
+        self.source_reconnects = Counter("avfuse_source_reconnects_total",
+                                         "Times a live source came back after going down", ["stream"], **kw)
+        self.source_outage_seconds = Counter("avfuse_source_outage_seconds_total",
+                                             "Wall seconds live sources were down, counted when they came back",
+                                             ["stream"], **kw)
+        self.source_up = Gauge("avfuse_source_up", "1 while a live source is connected and sending, else 0",
+                               ["stream"], multiprocess_mode="livemax", **kw)
+        self.source_last_packet_age = Gauge("avfuse_source_last_packet_age_seconds",
+                                            "Seconds since a live source's last packet", ["stream"],
+                                            multiprocess_mode="livemax", **kw)
         # driver
         self.driver_received_bytes = Counter("avfuse_driver_received_bytes_total",
                                              "Bytes the driver received from stream actors (pickled record "

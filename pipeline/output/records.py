@@ -81,7 +81,8 @@ class Summary(Record):
     record_type: ClassVar[str] = "summary"
     # 2: audio_tags and visual_tags; av_offset_s is null ("unknown") below av_sync.report_confidence.
     # 3: words and languages (speech transcripts).
-    version: ClassVar[int] = 3
+    # 4: source_state, outages and outage_s (live sources).
+    version: ClassVar[int] = 4
     stream_id: str
     final: bool
     processed_s: float  # stream seconds covered so far
@@ -107,6 +108,11 @@ class Summary(Record):
     # Speech transcripts written so far: their words, and seconds of speech per language code.
     words: int = 0
     languages: dict[str, float] = field(default_factory=dict)
+    # A live source's state when the summary was made (connecting, streaming, down, backoff,
+    # closed, failed), its outages so far and their wall seconds; "file" for a recording.
+    source_state: str = "file"
+    outages: int = 0
+    outage_s: float = 0.0
 
 
 @dataclass
@@ -158,6 +164,43 @@ class Error(Record):
 
 
 @dataclass
+class SourceState(Record):
+    """A live source went down, is being retried, or was given up on (its return is a Discontinuity)."""
+
+    record_type: ClassVar[str] = "source_state"
+    stream_id: str
+    state: str  # down | retrying | failed
+    reason: str  # eof | timeout | error: how the media stopped
+    detail: str  # one line
+    at_s: float  # stream time the media got to
+    attempt: int  # connection attempts since the source went down
+    down_s: float  # wall seconds down so far
+    at: float = field(default_factory=time.time)  # unix seconds
+
+
+@dataclass
+class Discontinuity(Record):
+    """A gap or a jump in a stream's timeline: the media stops at ``at_s`` and goes on at ``resume_s``.
+
+    An outage (reason eof, timeout or error: a live source that went down and came back) leaves a
+    gap of ``gap_s`` stream seconds, the wall time it was down; a timestamp jump (reason pts_jump)
+    is re-based so that the media goes on where it was due (gap 0), ``jump_s`` saying how far the
+    source's timestamps jumped."""
+
+    record_type: ClassVar[str] = "discontinuity"
+    stream_id: str
+    reason: str  # eof | timeout | error | pts_jump
+    detail: str
+    at_s: float
+    resume_s: float
+    gap_s: float
+    attempts: int  # connection attempts it took (0 for a jump)
+    down_s: float  # wall seconds the source was down (0 for a jump)
+    jump_s: float = 0.0
+    at: float = field(default_factory=time.time)  # unix seconds: when the media resumed
+
+
+@dataclass
 class Window(Record):
     record_type: ClassVar[str] = "window"
     # 2: the embedding fuses the taggers' tokens in the pretrained profile (tokens_from);
@@ -198,7 +241,8 @@ class Signals(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window, Transcript, Signals)
+    cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window, Transcript, Signals,
+                                     SourceState, Discontinuity)
 }
 
 

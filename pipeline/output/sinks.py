@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Protocol
 
 from pipeline.observe import metrics
-from pipeline.output.records import Error, Event, Record, StreamEnd, StreamStart, Summary, Transcript
+from pipeline.output.records import (
+    Discontinuity,
+    Error,
+    Event,
+    Record,
+    SourceState,
+    StreamEnd,
+    StreamStart,
+    Summary,
+    Transcript,
+)
 
 
 class Sink(Protocol):
@@ -101,11 +111,28 @@ def describe(record: Record) -> str | None:
                 + (f"; {record.words} words spoken" if record.words else ""))
     if isinstance(record, Transcript):
         return f'[{record.stream_id}] {record.start_s:.1f}\u2013{record.end_s:.1f} s  "{record.text}"'
+    if isinstance(record, SourceState):
+        return f"[{record.stream_id}] " + _source_state(record)
+    if isinstance(record, Discontinuity):
+        if record.reason == "pts_jump":
+            return (f"[{record.stream_id}] timestamps jumped {'back' if record.jump_s < 0 else 'forward'} "
+                    f"{abs(record.jump_s):.2f}s at {record.at_s:.2f}s: re-based, times go on")
+        return (f"[{record.stream_id}] reconnected after {record.down_s:.1f} s down ({record.attempts} "
+                f"attempt{'s' if record.attempts != 1 else ''}): media resumes at {record.resume_s:.2f}s, "
+                f"a {record.gap_s:.1f}s gap")
     if isinstance(record, StreamStart):
         return f"[{record.stream_id}] start    {record.uri}"
     if isinstance(record, StreamEnd):
         return f"[{record.stream_id}] end      {record.status}" + (f": {record.reason}" if record.reason else "")
     return None
+
+
+def _source_state(record: SourceState) -> str:
+    if record.state == "down":
+        return f"source down at {record.at_s:.2f}s ({record.reason}: {record.detail})"
+    if record.state == "retrying":
+        return f"reconnecting (attempt {record.attempt + 1}, {record.down_s:.1f} s down)"
+    return f"source given up after {record.down_s:.1f} s down: {record.detail}"
 
 
 class StdoutSink:
@@ -154,8 +181,10 @@ class LogSink:
     def write(self, record: Record, arrived_wall_s: float | None = None) -> None:
         if isinstance(record, Error):
             self._log.warning(record.reason, extra={"stream_id": record.stream_id, "stage": record.stage})
-        elif isinstance(record, (StreamStart, StreamEnd)):
+        elif isinstance(record, (StreamStart, StreamEnd, Discontinuity)):
             self._log.info(describe(record), extra={"stream_id": record.stream_id, "stage": "stream"})
+        elif isinstance(record, SourceState):
+            self._log.warning(describe(record), extra={"stream_id": record.stream_id, "stage": "source"})
 
     def flush(self) -> None:
         pass

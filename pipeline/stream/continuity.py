@@ -34,6 +34,10 @@ class FeatureContinuity:
         self._last_hist = self._last_thumb = self._last_bands = None
         self._last_subframe_t_s: float | None = None
 
+    def forget_video(self) -> None:
+        """A gap in the media: the first frame after it is compared with none before it."""
+        self._last_hist = self._last_thumb = None
+
     def video_series(self, video: EncodedVideo) -> VideoSeries:
         """The kept frames of one chunk (non-empty), with their distances to the frames before."""
         hist_distance = _diff_to_previous(self._last_hist, video.color_hist, histogram_distance)

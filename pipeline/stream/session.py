@@ -22,6 +22,7 @@ from pipeline.core.media import (
     EncodedVideo,
     FaceCounts,
     MediaChunk,
+    SourceChange,
     StreamInfo,
 )
 from pipeline.observe import metrics
@@ -34,6 +35,7 @@ from pipeline.stream.face_events import FaceEvents
 from pipeline.stream.fusion_io import FusedWindows, FusionRequest
 from pipeline.stream.learned_events import LearnedEvents
 from pipeline.stream.signal_curves import SignalCurves
+from pipeline.stream.source_records import STATE_AFTER, source_record
 from pipeline.stream.speech_segments import SpeechSegment, SpeechSegmenter, transcripts_wanted
 from pipeline.stream.summary import SummaryTracker
 from pipeline.stream.sync_tracker import SyncTracker
@@ -42,7 +44,8 @@ from pipeline.stream.window_facts import is_filled, is_visible, window_record
 
 
 class StreamSession:
-    def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink):
+    def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink,
+                 source_state: str = "file"):
         self.stream_id, self.uri, self.cfg, self.info, self.sink = stream_id, uri, cfg, info, sink
         # The face counts are one more modality, so that a window is cut once its face frames are in.
         face_modality = ("faces",) if cfg.faces.enabled else ()
@@ -72,6 +75,7 @@ class StreamSession:
         self.sync: SyncTracker | None = None  # made with the first fused windows (the lags come with them)
         self.learned: LearnedEvents | None = None
         self.summary.tags = self.understanding.top_tags
+        self.summary.source_state = source_state
         self.fuses_tagger_tokens = fuses_tagger_tokens(cfg)
         self.started_wall_s = time.monotonic()
         self.continuity = FeatureContinuity()
@@ -90,6 +94,7 @@ class StreamSession:
                  audio: EncodedAudio | None) -> list[AlignedWindow]:
         """Take one decoded chunk and its encodings; returns windows now ready for fusion."""
         self.media_arrived_wall_s = chunk.received_wall_s or None
+        self.on_source_changes(chunk.source_changes)
         for reason in chunk.errors:
             self.sink.write(Error(self.stream_id, "decode", reason, uri=self.uri, at=time.time()))
         self.frames_decoded += chunk.frames_decoded
@@ -118,6 +123,20 @@ class StreamSession:
             self._write_curves(final=False)
             self.sink.write(periodic, self.media_arrived_wall_s)
         return self._pop_windows()
+
+    def on_source_changes(self, changes: list[SourceChange]) -> None:
+        """A live source went down, is retried, came back or gave up; or the timestamps jumped."""
+        for change in changes:
+            if change.kind == "down":  # nothing is assumed about the media that is not coming
+                self._emit(self.detectors.close_at_gap(self.video_end_s, self.audio_end_s))
+                self.continuity.forget_video()
+            elif change.kind == "resumed":
+                self.summary.outages += 1
+                self.summary.outage_s += change.down_s
+            self.summary.source_state = STATE_AFTER[change.kind] or self.summary.source_state
+            record = source_record(self.stream_id, change)
+            if record is not None:
+                self.sink.write(record)
 
     def _segment_speech(self, chunk: MediaChunk, audio: EncodedAudio | None, speech: list[Event]) -> None:
         if self.segmenter is None:

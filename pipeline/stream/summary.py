@@ -37,6 +37,8 @@ class SummaryTracker:
         self.tags: Callable[[int], dict[str, list[dict]]] | None = None  # Understanding.top_tags
         self.words = 0
         self.language_s: Counter[str] = Counter()
+        self.source_state = "file"  # a live source's state (pipeline/ingest/live_source.py)
+        self.outages, self.outage_s = 0, 0.0
         self._next_due_s = every_s
 
     def add_event(self, event: Event) -> None:
@@ -93,4 +95,7 @@ class SummaryTracker:
             **(self.tags(MAX_TAGS) if self.tags is not None else {}),
             words=self.words,
             languages={code: round(s, 3) for code, s in sorted(self.language_s.items(), key=lambda kv: -kv[1])},
+            source_state=self.source_state,
+            outages=self.outages,
+            outage_s=round(self.outage_s, 3),
         )

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import av
 import av.logging
 
-from pipeline.core.errors import StreamOpenError
+from pipeline.core.errors import OpenRefusedError, StreamOpenError
 from pipeline.ingest.egress.proxy import EgressProxy, HopRefused
 from pipeline.ingest.egress.rtsp_relay import RtspRelay
 from pipeline.ingest.egress.uri_policy import HostUnresolved, IPAddress, UriPolicy, UriRefused, network_host, redact
@@ -88,7 +88,7 @@ def prepare_open(stream_id: str, uri: str, options: dict[str, str], policy_cfg,
     except HostUnresolved as exc:
         raise StreamOpenError(stream_id, f"cannot open {_hop(uri)}: {exc.reason}") from None
     except UriRefused as exc:
-        raise StreamOpenError(stream_id, f"refused {_hop(uri)}: {exc.reason}") from None
+        raise OpenRefusedError(stream_id, f"refused {_hop(uri)}: {exc.reason}") from None
     return guard, guard.uri, guard.options
 
 
@@ -186,7 +186,7 @@ class EgressGuard:
         if not refusals:
             return None
         more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
-        return StreamOpenError(stream_id, f"{refusals[0]}{more}")
+        return OpenRefusedError(stream_id, f"{refusals[0]}{more}")
 
     def close(self) -> None:
         for helper in self._helpers:

@@ -85,6 +85,17 @@ class DetectorBank:
             events += detector.finish(audio_end_s)
         return _in_time_order(events)
 
+    def close_at_gap(self, video_end_s: float | None, audio_end_s: float | None) -> list[Event]:
+        """The media stops here for a while (a live source went down): close what is open as at the
+        end of the media, so no event spans the gap; detection starts afresh after it."""
+        if self._finished:
+            return []
+        events = self._video.finish(video_end_s)
+        self._video.forget_frames()
+        for detector in self._audio + self._speech:
+            events += detector.finish(audio_end_s)
+        return _in_time_order(events)
+
     def speech_open_from_s(self) -> float | None:
         """The start of the speech still open (not yet an event); None when none is, or speech is off."""
         return self._speech[0].pending_from_s() if self._speech else None

@@ -269,6 +269,9 @@ class _RunDetector:
     def pending_from_s(self) -> float | None:
         return None if self._run is None else self._run.start_s
 
+    def forget_frames(self) -> None:
+        """A gap: no frame before it is compared with one after it."""
+
 
 class BlackVideoDetector(_RunDetector):
     """Frames with luma_mean <= max_luma; attributes mean/max are luma."""
@@ -329,6 +332,9 @@ class FrozenVideoDetector(_RunDetector):
     def _confidence(self, mean_value: float) -> float:
         return _clip01(1.0 - mean_value / (2.0 * self._max_motion))
 
+    def forget_frames(self) -> None:
+        self._previous = None
+
 
 class VideoDetectors:
     """The enabled video detectors of one stream and the cut decision they share."""
@@ -362,6 +368,11 @@ class VideoDetectors:
             for detector in self._on_decisions:
                 events += detector.update(decisions)
         return events
+
+    def forget_frames(self) -> None:
+        """After a gap in the media: the next frame has no predecessor."""
+        for detector in self._on_frames:
+            detector.forget_frames()
 
     def finish(self, end_s: float | None) -> list[Event]:
         """Close everything at ``end_s``, the end of the media (None: at the last frame seen)."""
