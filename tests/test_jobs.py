@@ -173,3 +173,19 @@ def test_options_that_only_tune_the_open_are_kept():
     options = {"timeout": "5000000", "user_agent": "avfuse", "headers": "Authorization: Bearer x\r\n",
                "reconnect": "1", "tls_verify": "1", "analyzeduration": "1000000", "max_redirects": "2"}
     assert parse_job(_job(stream_id="cam-01", uri="https://cdn.example/a.m3u8", options=options)).options == options
+
+
+def test_live_options_are_the_jobs_own_live_settings_not_ffmpegs():
+    job = parse_job(_job(stream_id="cam", uri="rtsp://10.0.0.5/s",
+                         options={"live.stall_s": 3, "live.max_outage_s": 600, "live.reconnect": "always",
+                                  "rtsp_transport": "tcp"}))
+    assert job.live == {"stall_s": 3.0, "max_outage_s": 600.0, "reconnect": "always"}
+    assert job.options == {"rtsp_transport": "tcp"}
+    assert parse_job(_job(stream_id="cam", uri="rtsp://10.0.0.5/s")).live is None
+
+
+@pytest.mark.parametrize("name, value", [("live.stall_s", -1), ("live.reconnect", "sometimes"),
+                                         ("live.no_such_key", 1), ("live.max_outage_s", "soon")])
+def test_live_options_are_checked_as_the_config_is(name, value):
+    with pytest.raises(BadJob, match=r"options\[.live\."):
+        parse_job(_job(stream_id="cam", uri="rtsp://10.0.0.5/s", options={name: value}))

@@ -146,17 +146,19 @@ class Pipeline:
     async def run_stream(self, stream_id: str, uri: str, sink: Sink,
                          on_progress: ProgressFn | None = None, actor=None, live: bool | None = None,
                          open_options: dict[str, str] | None = None,
-                         stop: asyncio.Event | None = None) -> StreamResult:
+                         stop: asyncio.Event | None = None, cfg: Config | None = None) -> StreamResult:
         """Run one stream to its end. ``actor``: a segmented_stream() the caller feeds;
         ``live``: its media arrives in real time (counts lag behind real time); ``stop``: once
-        set, the stream ends after the chunk in hand, its windows fused (status interrupted)."""
+        set, the stream ends after the chunk in hand, its windows fused (status interrupted); ``cfg``:
+        the stream's own config (a job's live.* settings), else the pipeline's."""
         # One semaphore per event loop: a Pipeline outlives the asyncio.run() of one replay.
         slots = self._slots.setdefault(asyncio.get_running_loop(),
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
         async with slots:
             pooled = actor is None
             # A pooled actor learns its stream from run(); a segmented one was made for it.
-            stream = ((stream_id, uri, open_options, self.cfg.decode.realtime if live is None else live, self.cfg)
+            cfg = cfg or self.cfg
+            stream = ((stream_id, uri, open_options, cfg.decode.realtime if live is None else live, cfg)
                       if pooled else ())
             if pooled:
                 actor = self.streams.take()

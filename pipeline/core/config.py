@@ -73,6 +73,8 @@ class LiveConfig(Section):
                                                      "backoff to backoff_initial_s")
     max_outage_s: float | None = Field(None, gt=0, description="down this long: the stream fails "
                                                                "(null: it retries for ever)")
+    chunk_s: float = Field(0.5, gt=0, description="media seconds per decoded chunk of a live source (a window "
+                                                   "waits for its last chunk: decode.chunk_s would be its latency)")
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP media over the control connection "
                                                                     "(tcp: through NAT and firewalls) or udp")
 

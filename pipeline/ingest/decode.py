@@ -105,7 +105,7 @@ class MediaDecoder:
 
     def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None,
                  source: Any = None, resume_at_s: float | None = None, ends_stream: bool = True,
-                 timeouts_s: tuple[float, float] = (10.0, 30.0)):
+                 timeouts_s: tuple[float, float] = (10.0, 30.0), chunk_s: float | None = None):
         self.stream_id = stream_id
         self.uri = uri
         self.source = source
@@ -114,6 +114,7 @@ class MediaDecoder:
         self.resume_at_s = resume_at_s
         self.ends_stream = ends_stream
         self.timeouts_s = timeouts_s
+        self.chunk_s = chunk_s or cfg.decode.chunk_s
         self.container = None
         self.video_stream = self.audio_stream = None
         self.clock = StreamClock()
@@ -339,9 +340,9 @@ class MediaDecoder:
                 media_s = max(video.watermark_s, cutter.watermark_s if cutter else 0.0)
                 if first_media_s is None and frames:
                     first_media_s = media_s
-                    next_boundary_s = (math.floor(media_s / cfg.decode.chunk_s) + 1) * cfg.decode.chunk_s
+                    next_boundary_s = (math.floor(media_s / self.chunk_s) + 1) * self.chunk_s
                 if media_s >= next_boundary_s:
-                    next_boundary_s = (math.floor(media_s / cfg.decode.chunk_s) + 1) * cfg.decode.chunk_s
+                    next_boundary_s = (math.floor(media_s / self.chunk_s) + 1) * self.chunk_s
                     if cfg.decode.realtime:
                         _sleep_until(wall_start, media_s - first_media_s)
                     yield emit(final=False)

@@ -154,7 +154,8 @@ class LiveSource:
                                    resume_at_s=None if resume_at_s is None else
                                    resume_at_s + (connect_started_s - down_since_s),
                                    ends_stream=False,
-                                   timeouts_s=(live.open_timeout_s, live.stall_s * _READ_TIMEOUT_SHARE))
+                                   timeouts_s=(live.open_timeout_s, live.stall_s * _READ_TIMEOUT_SHARE),
+                                   chunk_s=live.chunk_s)
             try:
                 self._info = decoder.open()
             except OpenRefusedError as exc:

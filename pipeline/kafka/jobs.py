@@ -3,12 +3,15 @@
 A message value is a JSON object::
 
     {"stream_id": "cam-01", "uri": "rtsp://10.0.0.5/stream1", "options": {"rtsp_transport": "tcp"}}
+    {"stream_id": "cam-02", "uri": "http://10.0.0.6/live.m3u8", "options": {"live.stall_s": 3, "live.max_outage_s": 600}}
     {"stream_id": "cam-01", "action": "stop"}
 
 ``action`` defaults to "start". Parsing is strict: a typo in a key fails with a
 reason instead of starting a stream with a setting silently ignored. Parsing does
 not judge the URI (``pipeline.ingest.egress.uri_policy`` does), but it refuses the FFmpeg open
-options that would let a job reach past the policy (``check_open_option``).
+options that would let a job reach past the policy (``check_open_option``). Options named
+``live.<key>`` are the job's own ``live`` settings (``LiveConfig``: reconnect, stall, backoff,
+max outage), checked like the config's; they set how a source reconnects, never what it may reach.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from pipeline.core.config import LiveConfig
 from pipeline.ingest.egress.guard import RESERVED_OPTION_PREFIX
+
+LIVE_OPTION_PREFIX = "live."
 
 MAX_JOB_BYTES = 64 * 1024  # jobs are a few hundred bytes; anything near this is a mistake
 MAX_STREAM_ID_CHARS = 200
@@ -72,6 +80,7 @@ class StartJob:
     stream_id: str
     uri: str
     options: dict[str, str]  # FFmpeg open options, e.g. {"rtsp_transport": "tcp", "timeout": "5000000"}
+    live: dict[str, Any] | None = None  # the job's live.* settings, over the config's (None: none given)
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,23 @@ def parse_job(value: bytes | None) -> StartJob | StopJob:
             raise BadJob(f"unknown key {_echo(key)} (expected: {', '.join(allowed)})", stream_id)
     if action == "stop":
         return StopJob(stream_id=stream_id)
-    return StartJob(stream_id=stream_id, uri=_uri(body, stream_id), options=_options(body, stream_id))
+    options = _options(body, stream_id)
+    live = {name[len(LIVE_OPTION_PREFIX):]: options.pop(name) for name in list(options)
+            if name.startswith(LIVE_OPTION_PREFIX)}
+    return StartJob(stream_id=stream_id, uri=_uri(body, stream_id), options=options,
+                    live=_live_settings(live, stream_id) if live else None)
+
+
+def _live_settings(settings: dict[str, str], stream_id: str) -> dict[str, Any]:
+    """A job's live.* options, typed and checked as the config's live section is."""
+    try:
+        checked = LiveConfig.model_validate({key: None if value == "null" else value
+                                             for key, value in settings.items()})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise BadJob(f"options[{_echo('live.' + where)}]: {problem['msg']}", stream_id) from None
+    return checked.model_dump(include=set(settings))
 
 
 def _decode(value: bytes | None) -> dict[str, Any]:
@@ -181,7 +206,7 @@ def _options(body: dict[str, Any], stream_id: str) -> dict[str, str]:
         else:
             raise BadJob(f"options[{_echo(name)}] must be a string, number or bool, "
                          f"got {_json_type(item)}", stream_id)
-        problem = check_open_option(name, as_strings[name])
+        problem = None if name.startswith(LIVE_OPTION_PREFIX) else check_open_option(name, as_strings[name])
         if problem:
             raise BadJob(problem, stream_id)
     return as_strings

@@ -253,7 +253,11 @@ class Service:
         # Options that widen what a job reaches were refused by parse_job. The URI is checked
         # here for a quick refusal; the decoder's egress guard checks every hop of the open.
         uri = self.policy.check(job.uri)
-        self._start(job.stream_id, redact(uri), where, open_uri=uri, options=egress.for_job(job.options))
+        cfg = None
+        if job.live:  # the job's own live.* settings
+            base = self.pipeline.cfg
+            cfg = base.model_copy(update={"live": base.live.model_copy(update=job.live)})
+        self._start(job.stream_id, redact(uri), where, open_uri=uri, options=egress.for_job(job.options), cfg=cfg)
 
     async def _on_segment(self, message, where) -> None:
         if not message.key:
@@ -285,14 +289,14 @@ class Service:
             stream.actor.end.remote()
 
     def _start(self, stream_id: str, uri: str, where, open_uri: str | None = None,
-               options: dict[str, str] | None = None, segmented: bool = False) -> _Stream:
+               options: dict[str, str] | None = None, segmented: bool = False, cfg=None) -> _Stream:
         actor = self.pipeline.segmented_stream(stream_id, uri) if segmented else None
         sink = self.committer.stream_sink(stream_id, self.sink)
         if open_uri is not None:
             sink = _JobSink(sink, where, open_uri, uri)
         stop = asyncio.Event()
         coro = self.pipeline.run_stream(stream_id, open_uri or uri, sink, actor=actor, live=segmented,
-                                        open_options=options, stop=stop)
+                                        open_options=options, stop=stop, cfg=cfg)
         stream = _Stream(stream_id, asyncio.ensure_future(coro), [where], actor,
                          SequenceCheck() if segmented else None, stop=stop)
         self.streams[stream_id] = stream
