@@ -96,7 +96,7 @@ def _jpeg(frame: av.VideoFrame) -> bytes:
 def take_thumbnails(path: Path, times: list[tuple[float, str]], video: dict[str, Any] | None) -> list[Thumbnail]:
     """Raises av.FFmpegError (or OSError) when the file cannot be read; the caller notes it."""
     out = []
-    with av.open(str(path)) as container:
+    with av.open(str(path), metadata_errors="replace") as container:  # a title not in UTF-8 is no reason to fail
         stream = _pick_video(container, video)
         if stream is None:
             return []
