@@ -12,7 +12,8 @@ connection, a modality whose PTS lands more than ``JUMP_BACK_S`` before, or more
 ``JUMP_FORWARD_S`` after, the time its next frame was due has jumped: the clock re-bases it so that
 time goes on where it was due. The first modality to jump decides the new shift; the other takes
 the same one when it jumps by about as much, so audio and video stay aligned. A forward step under
-``JUMP_FORWARD_S`` is media that is missing (a lost packet, a dropout): it stays a gap.
+``JUMP_FORWARD_S`` is media that is missing (a lost packet, a dropout): it stays a gap; so does
+audio far ahead unless the video jumped as far (audio missing for seconds is commoner than a jump).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class StreamClock:
             self._shared_shift_s = self._offset_s - pts_s
         shift_s = self._shift_s.setdefault(modality, self._shared_shift_s)
         due_s = self._due_pts_s.get(modality)
-        if due_s is not None and not -JUMP_BACK_S <= pts_s - due_s <= JUMP_FORWARD_S:
+        if due_s is not None and self._jumped(modality, pts_s - due_s):
             shift_s = self._rebase(modality, pts_s - due_s, due_s + shift_s)
         self._due_pts_s[modality] = pts_s + duration_s
         return pts_s + shift_s
@@ -62,9 +63,21 @@ class StreamClock:
         shift_s = self._shift_s.get(modality, self._shared_shift_s)
         return pts_s + (shift_s if shift_s is not None else self._offset_s - pts_s)
 
+    def _jumped(self, modality: str, step_s: float) -> bool:
+        if step_s < -JUMP_BACK_S:
+            return True
+        if step_s <= JUMP_FORWARD_S:
+            return False
+        # Audio far ahead is more often audio that is missing (a dropout) than a jump: it is one
+        # only when the video jumped as far.
+        return modality != "audio" or self._matches_last_jump(modality, step_s)
+
+    def _matches_last_jump(self, modality: str, jump_s: float) -> bool:
+        return (self._last_jump is not None and abs(jump_s - self._last_jump[0]) <= SAME_JUMP_S
+                and self._shift_s[modality] != self._last_jump[1])
+
     def _rebase(self, modality: str, jump_s: float, due_stream_s: float) -> float:
-        if self._last_jump is not None and abs(jump_s - self._last_jump[0]) <= SAME_JUMP_S \
-                and self._shift_s[modality] != self._last_jump[1]:
+        if self._matches_last_jump(modality, jump_s):
             shift_s = self._last_jump[1]  # the other modality's jump: the same new shift
         else:
             shift_s = self._shift_s[modality] - jump_s
