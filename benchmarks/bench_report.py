@@ -97,7 +97,7 @@ def stream_records(sid: str, duration_s: float, seed: int = 0) -> Iterator[dict[
 
 
 def _summary(sid: str, final: bool, processed_s: float, confidence: float) -> dict[str, Any]:
-    return {"schema": "avfuse.summary/3", "type": "summary", "stream_id": sid, "final": final,
+    return {"schema": "avfuse.summary/4", "type": "summary", "stream_id": sid, "final": final,
             "processed_s": processed_s, "wall_s": processed_s / 20, "speed_x_realtime": 20.0, "counts_by_label": {},
             "silence_s": 0.0, "black_s": 0.0, "frozen_s": 0.0, "speech_s": 0.0, "scenes": 0, "windows": 0,
             "partial_windows": 0, "top_moments": [],
@@ -105,7 +105,7 @@ def _summary(sid: str, final: bool, processed_s: float, confidence: float) -> di
             "av_sync_confidence": confidence,
             "audio_tags": [{"label": "Speech", "seconds": 100.0, "max_confidence": 0.9}],
             "visual_tags": [{"label": "stage", "seconds": 80.0, "max_confidence": 0.7}], "words": 0,
-            "languages": {"en": 100.0}}
+            "languages": {"en": 100.0}, "source_state": "file", "outages": 0, "outage_s": 0.0}
 
 
 def synthetic_records(path: Path, streams: int, duration_s: float) -> Path:

@@ -260,7 +260,7 @@ def test_transcripts_validate_in_time_order_before_the_final_summary_that_counts
         assert max(i for i, r in enumerate(records) if r["type"] == "transcript") < final_at
         final = records[final_at]
         assert list(Draft202012Validator(schema_for("summary")).iter_errors(final)) == []
-        assert final["schema"] == "avfuse.summary/3"
+        assert final["schema"] == "avfuse.summary/4"
         assert final["words"] == sum(len(r["words"]) for r in mine) > 0
         assert final["languages"] == {"en": pytest.approx(sum(r["end_s"] - r["start_s"] for r in mine), abs=0.01)}
 

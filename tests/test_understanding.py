@@ -67,7 +67,7 @@ def test_records_with_tags_validate_against_their_schemas(real_clips):
     for record in real_clips.records:
         jsonschema.validate(record, schema_for(record["type"]))
     summary = final_summary(real_clips, "chaplin.mp4")
-    assert summary["schema"] == "avfuse.summary/3" and summary["visual_tags"]
+    assert summary["schema"] == "avfuse.summary/4" and summary["visual_tags"]
 
 
 def test_window_embeddings_fuse_the_taggers_and_find_windows_of_the_same_content(real_clips):
