@@ -37,14 +37,14 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def _wait_for(condition, timeout_s: float, what: str):
+def _wait_for(condition, timeout_s: float, what):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = condition()
         if found:
             return found
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what() if callable(what) else what}")
 
 
 @contextmanager
@@ -212,9 +212,12 @@ def test_an_hls_writer_that_restarts_is_one_stream_with_monotonic_times(pipeline
             hls.kill_writer()
             time.sleep(4.0)  # the playlist goes stale
             hls.restart_writer()
-            _wait_for(lambda: run.records("discontinuity"), 40, "the writer's restart")
+            _wait_for(lambda: run.records("discontinuity"), 60, "the writer's restart")
             last = run.records("window")[-1]["start_s"]
-            _wait_for(lambda: run.records("window")[-1]["start_s"] > last + 3, 40, "windows after the restart")
+            changes = lambda: [(r["type"], r.get("state") or r.get("reason"), r.get("detail")) for r in  # noqa: E731
+                               run.records() if r["type"] in ("source_state", "discontinuity")]
+            _wait_for(lambda: run.records("window")[-1]["start_s"] > last + 3, 60,
+                      lambda: f"windows after the restart (the source's changes: {changes()})")
         finally:
             result = run.stop()
     windows = [r["start_s"] for r in run.records("window")]

@@ -309,6 +309,10 @@ class MediaDecoder:
                         t_s = clock.to_stream_s("video", pts_s, video_frame_s)
                     else:
                         t_s = clock.to_stream_s("audio", pts_s, frame.samples / frame.sample_rate)
+                    if self.resume_at_s is not None and t_s < self.resume_at_s:
+                        # A reconnection's base is its first frame's PTS: the other modality's first
+                        # frames may lie before it, under media the last connection already gave.
+                        continue
                     if is_video:
                         pending.frames_decoded += 1
                         if skipper is not None:
