@@ -63,13 +63,19 @@ def test_rtsp_file_arrives_in_real_time_with_video_and_audio(clip):
     assert opened_wall_s <= started_wall_s <= opened_wall_s + 1.5
 
 
+def _streaming(container, packets: int = 10):
+    """The container's demux, once ``packets`` packets have come (the camera is sending)."""
+    demux = container.demux()
+    for _ in range(packets):
+        next(demux)
+    return demux
+
+
 def test_rtsp_killed_camera_ends_the_demux_and_comes_back_on_its_port_from_time_zero(clip):
     with RtspServer(file=clip) as camera:
         port = camera.port
         with av.open(camera.url, options=RTSP_OPTIONS, timeout=(5, 2)) as container:
-            packets = container.demux()
-            for _ in range(10):
-                next(packets)
+            packets = _streaming(container)
             camera.kill()
             killed_wall_s = time.time()
             # A dead camera over TCP looks like the end of the stream: the buffered packets, then EOF.
@@ -88,9 +94,7 @@ def test_rtsp_killed_camera_ends_the_demux_and_comes_back_on_its_port_from_time_
 def test_rtsp_frozen_camera_keeps_the_connection_and_the_read_timeout_interrupts(clip):
     with RtspServer(file=clip, loop=True) as camera:
         with av.open(camera.url, options=RTSP_OPTIONS, timeout=(5, 1.0)) as container:
-            packets = container.demux()
-            for _ in range(10):
-                next(packets)
+            packets = _streaming(container)
             camera.freeze()
             frozen_wall_s = time.time()
             with pytest.raises(av.error.ExitError):

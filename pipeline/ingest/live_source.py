@@ -86,7 +86,6 @@ class LiveSource:
         self._rng = rng or random.Random()
         self._closing = threading.Event()
         self._decoder: MediaDecoder | None = None
-        self.state = "connecting"
         self.failed_reason: str | None = None
         self.media_s = 0.0  # end of the media so far, on the stream clock
         self._attempt = 0  # connection attempts since the last healthy connection
@@ -120,8 +119,6 @@ class LiveSource:
         self._closing.set()
         if self._decoder is not None:
             self._decoder.close()
-        if self.state not in ("failed", "closed"):
-            self.state = "closed"
         self._up.set(0)
 
     # -- connecting ------------------------------------------------------------------
@@ -148,7 +145,6 @@ class LiveSource:
                 raise SourceClosed("stopped before the source came back" if resume_at_s is not None
                                    else "stopped before it connected")
             self._attempt += 1
-            self.state = "connecting"
             connect_started_s = time.monotonic()
             decoder = MediaDecoder(self.stream_id, self.uri, self.cfg, self.open_options,
                                    resume_at_s=None if resume_at_s is None else
@@ -159,7 +155,6 @@ class LiveSource:
             try:
                 self._info = decoder.open()
             except OpenRefusedError as exc:
-                self.state = "failed"
                 raise SourceFailed(exc.reason) from None  # the policy will refuse it again
             except StreamOpenError as exc:
                 reason = exc.reason
@@ -168,14 +163,11 @@ class LiveSource:
                         and self.cfg.live.reconnect == "auto":
                     decoder.ends_stream = True  # a playlist with a duration is a recording: it just ends
                 self._decoder = decoder
-                self.state = "streaming"
                 self._up.set(1)
                 return
             down_s = time.monotonic() - down_since_s
             if live.max_outage_s is not None and down_s >= live.max_outage_s:
-                self.state = "failed"
                 raise SourceFailed(f"down for {down_s:.1f}s (live.max_outage_s {live.max_outage_s:g}): {reason}")
-            self.state = "backoff"
             wait_s = backoff_s(self._attempt, live.backoff_initial_s, live.backoff_max_s, self._rng)
             yield SourceChange("retrying", "error", self.media_s, detail=reason, attempt=self._attempt,
                                down_s=down_s, wall_s=time.time())
@@ -201,7 +193,6 @@ class LiveSource:
             if self._closing.is_set():
                 yield from self._end()
                 return
-            self.state = "down"
             self._up.set(0)
             gap_at_s = self.media_s
             yield self._status(SourceChange("down", reason, gap_at_s, detail=detail,
