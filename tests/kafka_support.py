@@ -58,7 +58,7 @@ class Broker:
 
 def topics_for(prefix: str) -> dict[str, str]:
     return {name: f"{prefix}.{name}" for name in ("jobs", "media", "events", "summaries", "errors", "windows",
-                                                   "transcripts", "progress")}
+                                                   "transcripts", "progress", "dead")}
 
 
 class Service:

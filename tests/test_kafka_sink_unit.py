@@ -7,10 +7,21 @@ import pytest
 
 from pipeline.core.config import ConfigError, KafkaConfig, config_to_yaml, load_config
 from pipeline.kafka.sink import client_security, headers_for, topic_for
-from pipeline.output.records import RECORD_TYPES, Error, Event, StreamEnd, StreamStart, Summary, Transcript, Window
+from pipeline.output.records import (
+    RECORD_TYPES,
+    DeadLetter,
+    Error,
+    Event,
+    StreamEnd,
+    StreamStart,
+    Summary,
+    Transcript,
+    Window,
+)
 
 TOPICS = {"jobs": "t.jobs", "media": "t.media", "events": "t.events", "summaries": "t.summaries",
-          "errors": "t.errors", "windows": "t.windows", "progress": "t.progress", "transcripts": "t.transcripts"}
+          "errors": "t.errors", "windows": "t.windows", "progress": "t.progress", "transcripts": "t.transcripts",
+          "dead": "t.dead"}
 
 
 def _records() -> dict[str, object]:
@@ -31,6 +42,8 @@ def _records() -> dict[str, object]:
         "transcript": Transcript(stream_id="cam-01", transcript_id="4c19df7b-c5fe-5f32-a96e-b3168724c55e",
                                  start_s=1.0, end_s=2.5, text="Hello.", language="en", language_probability=1.0,
                                  words=[], avg_logprob=-0.1, no_speech_prob=0.0, model="tiny.en"),
+        "dead_letter": DeadLetter(stream_id="cam-01", reason="its stream actor died", attempts=4,
+                                  input={"topic": "t.jobs", "partition": 0, "offset": 3}),
     }
 
 
@@ -42,6 +55,7 @@ def _records() -> dict[str, object]:
     ("stream_start", "t.summaries"),
     ("stream_end", "t.summaries"),
     ("transcript", "t.transcripts"),
+    ("dead_letter", "t.dead"),
 ])
 def test_each_record_type_goes_to_its_configured_topic(record_type, topic):
     cfg = KafkaConfig(topics=TOPICS)

@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator
 
 from pipeline.output.records import (
     RECORD_TYPES,
+    DeadLetter,
     Discontinuity,
     Error,
     Event,
@@ -113,6 +114,9 @@ def _samples():
             embedding=[0.01 * i for i in range(16)],
             signals={"peak_luma": 0.71, "peak_luma_s": 8.25, "peak_dbfs": None, "peak_dbfs_s": None},
         ),
+        "dead_letter": DeadLetter("cam-01", "its stream actor died (OOM)", 4,
+                                  {"topic": "avfuse.jobs", "partition": 0, "offset": 17},
+                                  job={"stream_id": "cam-01", "uri": "rtsp://cam/1"}, at=1_760_000_050.0),
         "signals": Signals("cam-01", 30.0, 1.0, loudness_dbfs={"mean": [-23.5, None], "peak": [-20.1, None]},
                            luma={"mean": [0.41, 0.4], "peak": [0.52, 0.44]},
                            motion={"mean": [0.01, 0.0], "peak": [0.03, 0.0]}),

@@ -16,7 +16,7 @@ import logging
 import os
 import pickle
 import weakref
-from typing import Callable
+from typing import Awaitable, Callable
 
 import ray
 
@@ -25,7 +25,7 @@ from pipeline.compute.record_relay import RecordBatch, StreamResult
 from pipeline.compute.stream_pool import StreamPool, kill
 from pipeline.compute.stream_runner import OperatorHandles
 from pipeline.core.config import Config
-from pipeline.core.errors import ClusterLost, OperatorLoadError, one_line
+from pipeline.core.errors import ClusterLost, OperatorLoadError, StreamActorLost, one_line
 from pipeline.ingest.audio_patches import sound_patches_wanted
 from pipeline.observe import metrics
 from pipeline.output.records import Error, StreamEnd
@@ -146,11 +146,16 @@ class Pipeline:
     async def run_stream(self, stream_id: str, uri: str, sink: Sink,
                          on_progress: ProgressFn | None = None, actor=None, live: bool | None = None,
                          open_options: dict[str, str] | None = None,
-                         stop: asyncio.Event | None = None, cfg: Config | None = None) -> StreamResult:
+                         stop: asyncio.Event | None = None, cfg: Config | None = None,
+                         room: Callable[[], Awaitable[None]] | None = None,
+                         raise_lost_actor: bool = False) -> StreamResult:
         """Run one stream to its end. ``actor``: a segmented_stream() the caller feeds;
         ``live``: its media arrives in real time (counts lag behind real time); ``stop``: once
         set, the stream ends after the chunk in hand, its windows fused (status interrupted); ``cfg``:
-        the stream's own config (a job's live.* settings), else the pipeline's."""
+        the stream's own config (a job's live.* settings), else the pipeline's; ``room``: awaited
+        after each batch of records (a sink that must not block the loop says when it has room);
+        ``raise_lost_actor``: a dead stream actor raises StreamActorLost (the caller retries)
+        instead of ending the stream as failed."""
         # One semaphore per event loop: a Pipeline outlives the asyncio.run() of one replay.
         slots = self._slots.setdefault(asyncio.get_running_loop(),
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
@@ -165,7 +170,8 @@ class Pipeline:
             active = metrics.get().streams_active
             active.inc()
             try:
-                result = await self._drive(actor, stream, stream_id, uri, sink, on_progress, stop)
+                result = await self._drive(actor, stream, stream_id, uri, sink, on_progress, stop, room,
+                                           raise_lost_actor)
             except BaseException:  # cancelled, or the cluster is gone: no stream will reuse it
                 kill(actor)
                 raise
@@ -178,7 +184,9 @@ class Pipeline:
             return result
 
     async def _drive(self, actor, stream: tuple, stream_id: str, uri: str, sink: Sink,
-                     on_progress: ProgressFn | None, stop: asyncio.Event | None) -> StreamResult:
+                     on_progress: ProgressFn | None, stop: asyncio.Event | None,
+                     room: Callable[[], Awaitable[None]] | None = None,
+                     raise_lost_actor: bool = False) -> StreamResult:
         """Write the stream actor's records to the sink until its last batch; the stream's
         failures arrive as records, the actor's death or the cluster's as Ray errors."""
         received = metrics.get().driver_received_bytes.labels(metrics.stream_label(stream_id))
@@ -197,6 +205,8 @@ class Pipeline:
                     raise
                 received.inc(len(pickle.dumps(batch, protocol=5)))
                 _write(batch, sink)
+                if room is not None:
+                    await room()
                 taken = batch
                 if batch.processed_s is not None:
                     processed_s = batch.processed_s
@@ -208,6 +218,8 @@ class Pipeline:
             log.debug("stream %s: its actor failed", stream_id, exc_info=True)
             await self._unless_cluster_lost(stream_id, exc)
             reason = f"its stream actor died ({one_line(_cause(exc))})"
+            if raise_lost_actor:
+                raise StreamActorLost(stream_id, reason) from None
             sink.write(Error(stream_id, "runtime", reason, uri=uri, fatal=True))
             sink.write(StreamEnd(stream_id, "failed", reason, processed_s, 0.0, 0, 0, 0, 0))
             return StreamResult(stream_id, uri, "failed", reason, processed_s, 0.0, 0)

@@ -45,7 +45,7 @@ class StreamActor:
                  segmented: bool = False):
         logging.getLogger("libav").setLevel(logging.ERROR)
         self._cfg, self._operators = cfg, operators
-        self._pipe = SegmentPipe() if segmented else None
+        self._pipe = SegmentPipe(cfg.kafka.segment_buffer_bytes) if segmented else None
         # PyAV calls block; on their own thread they leave the actor's event loop free to take
         # the operators' answers and the driver's calls while the next chunk decodes.
         self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="decode")

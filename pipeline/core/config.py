@@ -386,6 +386,7 @@ class KafkaTopicsConfig(Section):
     transcripts: str = Field("avfuse.transcripts", description="speech transcripts (when asr runs)")
     progress: str = Field("avfuse.progress", description="exactly_once: records committed per open stream "
                                                          "(compacted)")
+    dead: str = Field("avfuse.dead", description="jobs given up on after kafka.max_stream_retries, with why")
 
 
 class KafkaSecurityConfig(Section):
@@ -446,6 +447,14 @@ class KafkaConfig(Section):
     max_outstanding_records: int = Field(10000, ge=1, description="unacknowledged records before writes block")
     linger_ms: int = 5
     delivery_timeout_ms: int = Field(300000, description="how long the producer retries one record")
+    segment_buffer_bytes: int = Field(16 << 20, ge=1 << 16, description="media bytes buffered per stream "
+                                      "(waiting for a slot or behind its decoder) before its messages are "
+                                      "read again later from Kafka")
+    drain_timeout_s: float = Field(20.0, gt=0, description="SIGTERM: how long streams may take to end and "
+                                   "their records to be acknowledged, broker down or not")
+    max_stream_retries: int = Field(3, ge=0, description="transient failures (a lost stream actor, a lost "
+                                    "connection) retried before the job goes to topics.dead")
+    retry_backoff_s: float = Field(2.0, gt=0, description="first pause before a retry; doubles each time")
     topics: KafkaTopicsConfig = KafkaTopicsConfig()
     security: KafkaSecurityConfig = KafkaSecurityConfig()
     uri_policy: UriPolicyConfig = UriPolicyConfig()

@@ -28,6 +28,11 @@ class StreamFailedError(AvfuseError):
     """A stream broke while running (truncated input, an actor died)."""
 
 
+class StreamActorLost(StreamFailedError):
+    """A stream's actor died (the OOM killer, a lost node) while its cluster lives on: transient,
+    the service runs the stream again (``kafka.max_stream_retries``)."""
+
+
 class OperatorLoadError(AvfuseError):
     """An operator could not be built from the config (e.g. a checkpoint that disagrees with it)."""
 

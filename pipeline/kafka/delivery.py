@@ -6,23 +6,34 @@ windows and event ids are deterministic, so the repeats carry the same ids.
 
 Exactly-once: one Kafka transaction per commit interval holds the records
 written since the last one, the input offsets now done (sent to the
-transaction, KIP-447 style) and, on a compacted progress topic, how many
-records each open stream has committed so far. A stream's records come in a
-deterministic order, so after a crash the restarted stream, processed again
-from its first message, skips the records it had already committed: a
-``read_committed`` consumer sees every record once. Transcripts are counted on
-their own: they come in a deterministic order among themselves, but reach the
-sink whenever the ASR stage answers, between any two other records. A failed transaction is
-fatal (the process exits 1); a restart fences the old producer and resumes
-from the last committed transaction.
+transaction, KIP-447 style) and, on a compacted progress topic, each stream's
+progress: how many records it has committed so far, whether it finished, and
+where its input lies. After a crash:
+- a stream that had not finished runs again from its first message and skips the
+  records it had already committed (a stream's records come in a deterministic
+  order; transcripts, which reach the sink whenever the ASR stage answers, are
+  counted apart);
+- a finished stream whose input was not yet committed (a later job finished
+  behind a long one on its partition) is recognised by its input offsets when
+  its messages come again, and is not run again.
+Progress is read after the producer fenced its previous instance, and again at
+every partition assignment (another replica may have moved it). A finished
+stream's progress is tombstoned once its input offsets are committed.
+
+Everything that touches the producer runs on the sink's sender thread: a
+transaction commit waits there for the broker, never on the service's loop. A
+failed transaction is fatal (the process exits 1); a restart fences the old
+producer and resumes from the last committed transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from pipeline.core.config import KafkaConfig
 from pipeline.core.errors import ServiceError
@@ -33,6 +44,12 @@ from pipeline.output.sinks import Sink
 
 log = logging.getLogger("avfuse.delivery")
 
+# Reading the progress topic to its end waits at most this long for another producer's open
+# transaction (read_committed stops at it) before going on with what was read.
+PROGRESS_READ_TIMEOUT_S = 30.0
+
+Inputs = dict[tuple[str, int], tuple[int, int]]  # (topic, partition) -> first and last offset of a stream
+
 
 @dataclass
 class StreamProgress:
@@ -41,6 +58,7 @@ class StreamProgress:
     resumed_from: int = 0  # records an earlier run committed: progress never goes below it
     transcripts: int = 0  # transcript records written so far
     resumed_transcripts: int = 0
+    inputs: Inputs = field(default_factory=dict)  # where the stream's messages lie
 
     @property
     def committed_records(self) -> int:
@@ -49,6 +67,22 @@ class StreamProgress:
     @property
     def committed_transcripts(self) -> int:
         return max(self.transcripts, self.resumed_transcripts)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"records": self.committed_records, "transcripts": self.committed_transcripts,
+                           "finished": self.finished,
+                           "inputs": [[t, p, first, last] for (t, p), (first, last) in sorted(self.inputs.items())]
+                           }).encode()
+
+    @classmethod
+    def from_json(cls, value: bytes) -> "StreamProgress":
+        data = json.loads(value)
+        return cls(int(data["records"]), bool(data["finished"]), transcripts=int(data.get("transcripts", 0)),
+                   inputs={(t, int(p)): (int(first), int(last)) for t, p, first, last in data.get("inputs", [])})
+
+    def holds(self, topic: str, partition: int, offset: int) -> bool:
+        first_last = self.inputs.get((topic, partition))
+        return first_last is not None and first_last[0] <= offset <= first_last[1]
 
 
 class DeliveryFailed(ServiceError):
@@ -92,39 +126,56 @@ class AtLeastOnce:
     def __init__(self, cfg: KafkaConfig, consumer):
         self.cfg, self.consumer = cfg, consumer
         self.producer = make_producer(cfg)
-        self.sink = KafkaSink(self.producer, cfg, resend_failed=True)
+        self.sink = KafkaSink(self.producer, cfg, resend_failed=True, block_writes=False)
 
     def stream_sink(self, stream_id: str, shared: Sink) -> Sink:
         return shared
 
+    def finished_before(self, stream_id: str, topic: str, partition: int, offset: int) -> bool:
+        return False  # no progress is kept: a re-delivered stream runs again (same ids)
+
+    def reassigned(self, committed: dict[tuple[str, int], int]) -> None:
+        pass
+
+    def running(self, stream_id: str, inputs: Inputs) -> None:
+        pass
+
     def finished(self, stream_id: str) -> None:
         pass
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Commit offsets whose records are acknowledged (the caller flushed the sink)."""
+    async def commit(self, offsets: dict[tuple[str, int], int], on_consumer) -> None:
+        """Commit offsets once every record written before now is acknowledged."""
+        await self.sink.wait_acked(self.sink.written)
         if offsets:
-            self.consumer.commit(_topic_partition_offsets(offsets))
+            await on_consumer(self.consumer.commit, _topic_partition_offsets(offsets))
 
-    def close(self) -> None:
-        self.sink.flush()
-        self.producer.close()
+    def close(self, timeout_s: float) -> None:
+        self.sink.close(timeout_s)
+        self.producer.close(timeout=max(0.0, timeout_s))
 
 
 class ExactlyOnce:
     def __init__(self, cfg: KafkaConfig, consumer):
         self.cfg, self.consumer = cfg, consumer
         transactional_id = cfg.transactional_id or f"{cfg.client_id}-{socket.gethostname()}"
-        self.progress: dict[str, StreamProgress] = read_progress(cfg)
         self.producer = make_producer(cfg, transactional_id)
-        self.producer.init_transactions()  # fences a previous instance and aborts its open transaction
+        # Fences a previous instance and aborts its open transaction: only then is the progress
+        # topic what the last committed transaction left.
+        self.producer.init_transactions()
+        self.progress: dict[str, StreamProgress] = read_progress(cfg)
         self.producer.begin_transaction()
-        self.sink = KafkaSink(self.producer, cfg, resend_failed=False)
-        self._reported: dict[str, tuple[int, int, bool]] = {}
+        self.sink = KafkaSink(self.producer, cfg, resend_failed=False, block_writes=False)
+        self._reported: dict[str, bytes] = {}  # the progress value last committed, per stream
+        self._committed: dict[tuple[str, int], int] = {}  # input offsets committed, as far as we know
+        self._reread: dict[str, StreamProgress] | None = None  # progress read at an assignment, to merge
+        self._committed_seen: dict[tuple[str, int], int] = {}  # the group's offsets at that assignment
+        self._tombstones: set[str] = set()
         self._sent_at_last_commit = 0
 
     def stream_sink(self, stream_id: str, shared: Sink) -> Sink:
+        self._merge_reread()
         committed = self.progress.get(stream_id)
-        # A finished stream whose id comes again is a new run, not a resumed one.
+        # A finished stream whose id comes again (not its own input) is a new run, not a resumed one.
         resumed = committed is not None and not committed.finished
         skip = committed.records if resumed else 0
         skip_transcripts = committed.transcripts if resumed else 0
@@ -133,46 +184,91 @@ class ExactlyOnce:
                      skip_transcripts, extra={"stream_id": stream_id, "stage": "delivery"})
         progress = self.progress[stream_id] = StreamProgress(resumed_from=skip,
                                                              resumed_transcripts=skip_transcripts)
-        self._reported.pop(stream_id, None)
+        self._tombstones.discard(stream_id)
         return _CountingSink(shared, progress, skip, skip_transcripts)
+
+    def finished_before(self, stream_id: str, topic: str, partition: int, offset: int) -> bool:
+        """Whether this message fed a stream that finished, its input not committed yet."""
+        self._merge_reread()
+        progress = self.progress.get(stream_id)
+        return progress is not None and progress.finished and progress.holds(topic, partition, offset)
+
+    def running(self, stream_id: str, inputs: Inputs) -> None:
+        """Where the stream's messages lie so far (its first message, and the last one seen)."""
+        if stream_id in self.progress:
+            self.progress[stream_id].inputs = dict(inputs)
 
     def finished(self, stream_id: str) -> None:
         if stream_id in self.progress:
             self.progress[stream_id].finished = True
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Commit one transaction: records so far, progress of changed streams, done offsets."""
-        changed = {sid: p for sid, p in self.progress.items()
-                   if self._reported.get(sid) != (p.committed_records, p.committed_transcripts, p.finished)}
-        if not offsets and not changed and self.sink.sent == self._sent_at_last_commit:
+    def reassigned(self, committed: dict[tuple[str, int], int]) -> None:
+        """Consumer thread, at an assignment: read progress again (another replica may have moved
+        it since we started); merged on the loop before the next stream starts."""
+        self._reread = read_progress(self.cfg)
+        self._committed_seen = committed
+
+    def _merge_reread(self) -> None:
+        reread, self._reread = self._reread, None
+        if reread is None:
             return
+        self._committed.update(self._committed_seen)
+        for stream_id, progress in reread.items():
+            mine = self.progress.get(stream_id)
+            if mine is None or mine.finished:  # a stream running here keeps its own count
+                self.progress[stream_id] = progress
+
+    async def commit(self, offsets: dict[tuple[str, int], int], on_consumer=None) -> None:
+        """One transaction: records so far, changed progress, tombstones of finished streams whose
+        input is committed, and the done offsets. Runs on the sender thread; the loop awaits it."""
+        self._merge_reread()
+        committed_after = {**self._committed, **offsets}
+        for stream_id, p in self.progress.items():
+            if p.finished and p.inputs and all(committed_after.get(tp, -1) > last
+                                                for tp, (_, last) in p.inputs.items()):
+                self._tombstones.add(stream_id)
+        values = {sid: (None if sid in self._tombstones else p.to_json()) for sid, p in self.progress.items()}
+        changed = {sid: v for sid, v in values.items() if self._reported.get(sid) != v}
+        written = self.sink.written
+        if not offsets and not changed and written == self._sent_at_last_commit:
+            return
+        group = self.consumer.group_metadata() if offsets else None
+        future = self.sink.call_on_sender(lambda: self._commit_on_sender(changed, offsets, group))
+        await asyncio.wrap_future(future)
+        self._sent_at_last_commit = written
+        self._committed = committed_after
+        for stream_id, value in changed.items():
+            self._reported[stream_id] = value
+            if value is None:  # tombstoned: gone from the topic once compacted, and from here
+                self.progress.pop(stream_id, None)
+                self._reported.pop(stream_id, None)
+                self._tombstones.discard(stream_id)
+
+    def _commit_on_sender(self, changed: dict[str, bytes | None], offsets, group) -> None:
         try:
-            for stream_id, p in changed.items():
-                self.producer.send(self.cfg.topics.progress, key=stream_id.encode(),
-                                   value=json.dumps({"records": p.committed_records,
-                                                     "transcripts": p.committed_transcripts,
-                                                     "finished": p.finished}).encode())
+            for stream_id, value in changed.items():
+                self.producer.send(self.cfg.topics.progress, key=stream_id.encode(), value=value)
             if offsets:
-                self.producer.send_offsets_to_transaction(_topic_partition_offsets(offsets),
-                                                          self.consumer.group_metadata())
+                self.producer.send_offsets_to_transaction(_topic_partition_offsets(offsets), group)
             self.producer.commit_transaction()
             if self.sink.fatal is not None:
                 raise self.sink.fatal
         except Exception as exc:
             raise DeliveryFailed(None, f"exactly-once transaction failed, restart avfuse: "
                                        f"{type(exc).__name__}: {exc}") from exc
-        self._sent_at_last_commit = self.sink.sent
-        for stream_id, p in changed.items():
-            self._reported[stream_id] = (p.committed_records, p.committed_transcripts, p.finished)
-            if p.finished:
-                self.progress.pop(stream_id, None)
         self.producer.begin_transaction()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float) -> None:
+        """Abort what is open (the drain committed everything that was done) within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        abort = self.sink.call_on_sender(self.producer.abort_transaction)
         try:
-            self.producer.abort_transaction()  # the drain committed everything that was done
+            abort.result(timeout=max(0.0, timeout_s))
+        except Exception:  # the broker is away: the transaction times out there on its own
+            log.debug("aborting the open transaction failed", exc_info=True)
         finally:
-            self.producer.close()
+            self.sink.close(0)
+            self.producer.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:
@@ -189,12 +285,19 @@ def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
         progress: dict[str, StreamProgress] = {}
+        deadline = time.monotonic() + PROGRESS_READ_TIMEOUT_S
         while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:  # another producer's transaction is still open
+                log.warning("the progress topic was not read to its end within %.0f s", PROGRESS_READ_TIMEOUT_S,
+                            extra={"stage": "delivery"})
+                break
             for messages in consumer.poll(timeout_ms=500).values():
                 for message in messages:
-                    value = json.loads(message.value)
-                    progress[message.key.decode()] = StreamProgress(int(value["records"]), bool(value["finished"]),
-                                                                    transcripts=int(value.get("transcripts", 0)))
+                    stream_id = message.key.decode()
+                    if message.value is None:  # a tombstone
+                        progress.pop(stream_id, None)
+                    else:
+                        progress[stream_id] = StreamProgress.from_json(message.value)
         return progress
     finally:
         consumer.close()

@@ -1,31 +1,37 @@
 """``avfuse run``: the Kafka service. Consumes jobs and media segments, publishes records.
 
-One asyncio loop owns the pipeline; the KafkaConsumer lives on one worker thread
-(kafka-python consumers are not thread-safe) and every call to it goes there.
-Per message:
+One asyncio loop owns the pipeline and never waits on the broker: the KafkaConsumer lives
+on one worker thread (kafka-python consumers are not thread-safe) and the producer on the
+sink's sender thread (``sink.py``). Per message:
 - a job starts a stream from a URI (checked by the URI policy) or stops one;
-- a media segment is fed to its stream's actor, starting the stream on the
-  first segment and ending it on ``eos``.
-A message's offset is done when the stream it belongs to has ended and every
-record of that stream is acknowledged (``pipeline/kafka/offsets.py``); bad messages
-become error records and are done at once. Delivery (at-least-once or
-exactly-once with transactions) is the Committer's business.
+- a media segment is handed to its stream's feed, starting the stream on the first
+  segment and ending it on ``eos``. A stream that has buffered ``kafka.segment_buffer_bytes``
+  (waiting for a slot, or its decoder behind) leaves its next messages in Kafka, to be read
+  again once it has room (``redelivery.py``): other streams never wait for it.
+A message's offset is done when the stream it belongs to has ended and every record of
+that stream is acknowledged (``offsets.py``); bad messages become error records and are
+done at once. Delivery (at-least-once or exactly-once with transactions) is the
+Committer's business (``delivery.py``).
 
-SIGTERM drains: no new messages, in-flight streams are stopped where they are
-(their windows finish, records flush), done offsets are committed, exit 0.
-Stopped streams are not done: after a restart they are processed again from
-the start, and deterministic event ids let consumers drop the repeats.
+A stream whose actor died (the OOM killer, a lost node) runs again after a backoff, up to
+``kafka.max_stream_retries`` times; then its job goes to ``topics.dead`` with the reason,
+and is done. Bad input is not retried: its error record is its end.
+
+While the broker is away, records wait in the sink (bounded; the streams slow down),
+``/readyz`` says so, and consumption is paused (the consumer keeps polling, so the group
+does not evict it). SIGTERM drains within ``kafka.drain_timeout_s``: no new messages, the
+streams in flight are stopped where they are, what is acknowledged is committed, nothing
+else; stopped streams run again after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import json
 import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import ray
 from kafka import ConsumerRebalanceListener
@@ -34,34 +40,28 @@ from kafka.errors import KafkaError
 from pipeline.compute.ray_init import connect_ray, init_metrics, start_node_exporters
 from pipeline.compute.runtime import CLUSTER_CHECK_TIMEOUT_S, Pipeline
 from pipeline.core.config import Config
-from pipeline.core.errors import ClusterLost, ServiceError
+from pipeline.core.errors import ClusterLost, ServiceError, StreamActorLost, one_line
 from pipeline.ingest.egress import guard as egress
 from pipeline.ingest.egress.uri_policy import UriPolicy, UriRefused, redact
 from pipeline.ingest.segments import SequenceCheck, parse_headers
-from pipeline.kafka.delivery import Committer
-from pipeline.kafka.jobs import BadJob, StopJob, parse_job
+from pipeline.kafka.delivery import Committer, DeliveryFailed
+from pipeline.kafka.jobs import BadJob, StartJob, StopJob, parse_job
 from pipeline.kafka.offsets import OffsetTracker
-from pipeline.kafka.sink import client_security
+from pipeline.kafka.redelivery import Redelivery, Verdict
+from pipeline.kafka.segment_feed import SegmentFeed
+from pipeline.kafka.service_streams import ServiceStream, StreamSink, Where
+from pipeline.kafka.sink import STALL_S, client_security
 from pipeline.kafka.topics import ensure_topics
 from pipeline.observe import metrics
 from pipeline.observe.exporter import Exporter, Readiness
-from pipeline.output.records import Error
+from pipeline.output.records import DeadLetter, Error, StreamEnd
 from pipeline.output.sinks import FanoutSink, LogSink, Sink
 from pipeline.stream.speech_segments import transcripts_wanted
 
 log = logging.getLogger("avfuse.service")
 
-
-@dataclass
-class _Stream:
-    stream_id: str
-    task: asyncio.Task
-    offsets: list[tuple[str, int, int]] = field(default_factory=list)  # every message that fed it
-    actor: object | None = None  # segmented streams: the stream actor fed with bytes
-    sequence: SequenceCheck | None = None
-    ended: bool = False  # eos seen (segmented)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)  # ends it after the chunk in hand
-    stop_requested: bool = False  # a stop job: stopping is its end, the stream is done
+# A revocation waits this long for its commit (it blocks the consumer's I/O thread meanwhile).
+REVOKE_COMMIT_TIMEOUT_S = 20.0
 
 
 class Service:
@@ -72,11 +72,18 @@ class Service:
         self.policy = UriPolicy.from_config(k.uri_policy)
         self.readiness = Readiness("ray", "operators", "kafka")
         self.offsets = OffsetTracker()
-        self.streams: dict[str, _Stream] = {}
+        self.redelivery = Redelivery()
+        self.streams: dict[str, ServiceStream] = {}
+        self._discarding: set[str] = set()  # failed media streams whose deferred messages are dropped
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="avfuse-consumer")
         self._stopping = asyncio.Event()
-        self._endings: set[asyncio.Future] = set()  # streams that ended, their records not yet flushed
+        self._endings: set[asyncio.Future] = set()  # streams that ended, their records not yet acknowledged
+        self._retries: set[asyncio.Future] = set()  # streams waiting out a backoff before running again
+        self._committing: asyncio.Task | None = None
+        self._paused = False
+        self._assigned: list | None = None  # partitions just assigned, their progress not yet read
         self._cluster_lost: str | None = None  # why the Ray cluster is gone, once it is
+        self._fatal: BaseException | None = None  # a failed transaction: exit 1
         self._m = metrics.get()
 
     # -- consumer thread -------------------------------------------------------------
@@ -104,17 +111,20 @@ class Service:
         loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        heartbeat = asyncio.ensure_future(self._heartbeat())
         self.pipeline = Pipeline(self.cfg)
         self.readiness.set("ray", True)
         await self.pipeline.warm_up()
         self.readiness.set("operators", True)
         await self._connect()
-        self.sink: Sink = FanoutSink([LogSink(), self.committer.sink])
+        self.kafka_sink = self.committer.sink
+        self.sink: Sink = FanoutSink([LogSink(), self.kafka_sink])
         self.readiness.set("kafka", True)
         log.info("consuming %s from %s", ", ".join(self.topics[n] for n in self.cfg.kafka.consume),
                  self.cfg.kafka.bootstrap_servers)
         last_commit = last_cluster_check = time.monotonic()
         while not self._stopping.is_set():
+            await self._apply_flow()
             try:
                 batches = await self._on_consumer(self.consumer.poll, timeout_ms=200)
             except KafkaError as exc:  # the broker is away: streams go on, records wait in the sink
@@ -122,13 +132,14 @@ class Service:
                 self.readiness.set("kafka", False, f"polling failed: {exc}")
                 await asyncio.sleep(1.0)
                 continue
-            self.readiness.set("kafka", True)
+            if self._assigned is not None:
+                await self._on_consumer(self._after_assignment)
             for tp, messages in batches.items():
                 for message in messages:
                     self._m.kafka_messages.labels(message.topic).inc()
-                    await self._dispatch(message)
+                    self._dispatch(message)
             if time.monotonic() - last_commit >= self.cfg.kafka.commit_interval_s:
-                await self._commit()
+                self._start_commit()
                 await self._on_consumer(self._update_lag)
                 last_commit = time.monotonic()
             if time.monotonic() - last_cluster_check >= self.cfg.runtime.cluster_check_s:
@@ -137,11 +148,21 @@ class Service:
                 if lost is not None:
                     self._lose_cluster(f"lost the Ray cluster or its operator actors ({lost})")
                 last_cluster_check = time.monotonic()
+        heartbeat.cancel()
+        if self._fatal is not None:
+            await self._abandon(self.cfg.kafka.drain_timeout_s, commit=False)
+            raise self._fatal
         if self._cluster_lost is not None:
-            await self._abandon()
+            await self._abandon(2 * CLUSTER_CHECK_TIMEOUT_S + 10)
             raise ServiceError(None, f"{self._cluster_lost}; exiting, to be restarted and join it again")
         await self._drain()
         return 0
+
+    async def _heartbeat(self) -> None:
+        """/healthz: the loop answers (a loop frozen by a blocking call would not beat)."""
+        while True:
+            self.readiness.beat()
+            await asyncio.sleep(1.0)
 
     def _lose_cluster(self, reason: str) -> None:
         """Nothing running on Ray can go on: stop consuming, and let the orchestrator restart us."""
@@ -155,7 +176,7 @@ class Service:
         t = self.cfg.kafka.topics
         try:
             await self._on_consumer(ensure_topics, self.cfg.kafka, [
-                *(self.topics[name] for name in self.cfg.kafka.consume), t.events, t.summaries, t.errors,
+                *(self.topics[name] for name in self.cfg.kafka.consume), t.events, t.summaries, t.errors, t.dead,
                 *([t.windows] if self.cfg.records.windows else []),
                 *([t.transcripts] if transcripts_wanted(self.cfg) else [])])
             self.consumer = await self._on_consumer(self._make_consumer)
@@ -165,40 +186,64 @@ class Service:
             raise ServiceError(None, f"Kafka at {self.cfg.kafka.bootstrap_servers} is not usable: "
                                      f"{str(exc).removeprefix(type(exc).__name__ + ': ')}") from None
 
-    async def _drain(self) -> None:
-        log.info("stopping: %d streams in flight", len(self.streams))
-        for stream in list(self.streams.values()):
-            stream.stop.set()
-            if stream.actor is not None:
-                stream.actor.end.remote()  # a segmented decoder must not wait for bytes that will not come
-        await asyncio.gather(*(s.task for s in list(self.streams.values())), return_exceptions=True)
-        await asyncio.gather(*list(self._endings), return_exceptions=True)
-        await self._commit()
-        await self._on_consumer(self.committer.close)
-        await self._on_consumer(self.consumer.close, autocommit=False)
-        self.pipeline.shutdown()
+    # -- flow: the broker's health, paused consumption, re-reads -----------------------
 
-    async def _abandon(self) -> None:
-        """The cluster is gone: streams in flight end without being done, so that they run again
-        from their first message after the restart; what was done before is committed."""
-        in_flight = [s.task for s in self.streams.values()]
-        if in_flight:  # each ends once its next Ray call fails and its own check times out
-            await asyncio.wait(in_flight, timeout=2 * CLUSTER_CHECK_TIMEOUT_S + 10)
-        await asyncio.gather(*list(self._endings), return_exceptions=True)
-        await self._commit()
-        await self._on_consumer(self.committer.close)
-        await self._on_consumer(self.consumer.close, autocommit=False)
+    async def _apply_flow(self) -> None:
+        """Before each poll: pause consumption while records cannot be delivered, and read
+        partitions again where streams that deferred messages have room now."""
+        stalled_s = self.kafka_sink.stalled_s()
+        if stalled_s > STALL_S:
+            self.readiness.set("kafka", False, f"records unacknowledged for {stalled_s:.0f} s")
+        else:
+            self.readiness.set("kafka", True)
+        pause = stalled_s > STALL_S or not self.kafka_sink.has_room()
+        if pause != self._paused:
+            await self._on_consumer(self._pause_all, pause)
+            self._paused = pause
+            log.info("%s consuming: %s", "pausing" if pause else "resuming",
+                     f"records unacknowledged for {stalled_s:.0f} s" if pause else "the sink has room",
+                     extra={"stage": "consume"})
+        for tp, stream_ids in self.redelivery.waiting().items():
+            for stream_id in stream_ids:
+                stream = self.streams.get(stream_id)
+                if stream is None or stream.feed is None or stream.feed.has_room():
+                    self.redelivery.reread(tp, stream_id)
+        seeks = self.redelivery.seeks()
+        if seeks:
+            await self._on_consumer(self._seek, seeks)
+
+    def _pause_all(self, pause: bool) -> None:
+        assigned = list(self.consumer.assignment())
+        if pause:
+            self.consumer.pause(*assigned)
+        else:
+            self.consumer.resume(*self.consumer.paused())
+
+    def _seek(self, seeks: dict[tuple[str, int], int]) -> None:
+        from kafka import TopicPartition
+
+        owned = self.consumer.assignment()
+        for (topic, partition), offset in seeks.items():
+            tp = TopicPartition(topic, partition)
+            if tp in owned:
+                self.consumer.seek(tp, offset)
+
+    # -- committing ----------------------------------------------------------------------
+
+    def _start_commit(self) -> None:
+        """Commit in the background: a commit waits for the broker, the loop must not."""
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.ensure_future(self._commit())
 
     async def _commit(self) -> None:
         offsets = self.offsets.committable()
         try:
-            if self.cfg.kafka.delivery == "exactly_once":
-                # On this thread: nothing may be sent while the transaction commits. Every
-                # stream waits meanwhile (milliseconds; the whole outage if the broker is away).
-                self.committer.commit(offsets)
-            else:
-                await asyncio.to_thread(self.committer.sink.flush)
-                await self._on_consumer(self.committer.commit, offsets)
+            await self.committer.commit(offsets, self._on_consumer)
+        except DeliveryFailed as exc:
+            self._fatal = exc
+            log.error("%s", exc.reason, extra={"stage": "commit"})
+            self._stopping.set()
+            return
         except KafkaError as exc:  # at-least-once: the offsets stay pending and go with the next commit
             log.warning("committing offsets failed (%s); will retry", exc, extra={"stage": "commit"})
             return
@@ -214,118 +259,249 @@ class Service:
         except KafkaError as exc:  # only a gauge: next time
             log.debug("consumer lag not updated: %s", exc)
 
+    # -- ending ------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """SIGTERM: within kafka.drain_timeout_s, broker up or down."""
+        deadline = time.monotonic() + self.cfg.kafka.drain_timeout_s
+        log.info("stopping: %d streams in flight", len(self.streams))
+        for retry in list(self._retries):
+            retry.cancel()  # not done: it runs again after the restart
+        for stream in list(self.streams.values()):
+            stream.stop_now()
+        # Most of the time for the streams to end and their records to be acknowledged; a little
+        # for the commit and closing the clients.
+        await _wait_within([s.task for s in self.streams.values() if s.task], deadline - 0.4 * _left(deadline))
+        await _wait_within(list(self._endings), deadline - 0.3 * _left(deadline))
+        for stream in list(self.streams.values()):  # still stuck (the broker is away): not done
+            if stream.task is not None:
+                stream.task.cancel()
+        if self._committing is not None:
+            await _wait_within([self._committing], deadline - 0.2 * _left(deadline))
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.ensure_future(self._commit())
+            await _wait_within([self._committing], deadline - 0.15 * _left(deadline))
+        await self._close_clients(deadline)
+
+    async def _abandon(self, timeout_s: float, commit: bool = True) -> None:
+        """The cluster is gone (or a transaction failed): streams in flight end without being
+        done, so that they run again from their first message after the restart; what was done
+        before is committed."""
+        deadline = time.monotonic() + timeout_s
+        await _wait_within([s.task for s in self.streams.values() if s.task], deadline - 0.3 * _left(deadline))
+        if commit:
+            await _wait_within(list(self._endings), deadline - 0.2 * _left(deadline))
+            self._committing = asyncio.ensure_future(self._commit())
+            await _wait_within([self._committing], deadline - 0.15 * _left(deadline))
+        await self._close_clients(deadline)
+
+    async def _close_clients(self, deadline: float) -> None:
+        closing = asyncio.ensure_future(asyncio.to_thread(self.committer.close, max(0.0, _left(deadline) * 0.6)))
+        await _wait_within([closing], deadline)
+        await _wait_within([asyncio.ensure_future(self._on_consumer(self.consumer.close, autocommit=False))],
+                           deadline + 2)
+        self.pipeline.shutdown()
+
     # -- messages --------------------------------------------------------------------
 
-    async def _dispatch(self, message) -> None:
+    def _dispatch(self, message) -> None:
         where = (message.topic, message.partition, message.offset)
-        self.offsets.received(*where)
         try:
             if message.topic == self.topics["jobs"]:
+                self.offsets.received(*where)
                 self._on_job(message, where)
             else:
-                await self._on_segment(message, where)
+                self._on_segment(message, where)
         except (BadJob, UriRefused, _BadSegment) as exc:
             self._bad_message(message, where, exc.reason if hasattr(exc, "reason") else str(exc))
 
-    def _bad_message(self, message, where: tuple[str, int, int], reason: str) -> None:
+    def _bad_message(self, message, where: Where, reason: str, sink: Sink | None = None) -> None:
         topic, partition, offset = where
         key = message.key.decode("utf-8", "replace") if message.key else f"{topic}:{partition}:{offset}"
         self._m.kafka_bad_messages.labels(topic, reason.split(":")[0][:40]).inc()
-        self.sink.write(Error(key or "-", "input", reason,
-                              input={"topic": topic, "partition": partition, "offset": offset}))
+        (sink or self.sink).write(Error(key or "-", "input", reason,
+                                        input={"topic": topic, "partition": partition, "offset": offset}))
         self.offsets.done(*where)
 
-    def _on_job(self, message, where) -> None:
+    def _on_job(self, message, where: Where) -> None:
         job = parse_job(message.value)
         if isinstance(job, StopJob):
             stream = self.streams.get(job.stream_id)
             if stream is not None:
                 stream.stop_requested = True
-                stream.stop.set()
-                if stream.actor is not None:
-                    stream.actor.end.remote()
+                stream.stop_now()
             else:
                 log.info("stop for a stream that is not running", extra={"stream_id": job.stream_id, "stage": "jobs"})
+            self.offsets.done(*where)
+            return
+        if self.committer.finished_before(job.stream_id, *where):
+            log.info("already done before a restart: not run again", extra={"stream_id": job.stream_id,
+                                                                             "stage": "jobs"})
             self.offsets.done(*where)
             return
         if job.stream_id in self.streams:
             raise BadJob(f"stream {job.stream_id!r} is already running")
         # Options that widen what a job reaches were refused by parse_job. The URI is checked
         # here for a quick refusal; the decoder's egress guard checks every hop of the open.
-        uri = self.policy.check(job.uri)
-        cfg = None
-        if job.live:  # the job's own live.* settings
-            base = self.pipeline.cfg
-            cfg = base.model_copy(update={"live": base.live.model_copy(update=job.live)})
-        self._start(job.stream_id, redact(uri), where, open_uri=uri, options=egress.for_job(job.options), cfg=cfg)
+        self.policy.check(job.uri)
+        stream = ServiceStream(job.stream_id, where, offsets=[where], job=json.loads(message.value))
+        self.streams[job.stream_id] = stream
+        self._run(stream, job)
 
-    async def _on_segment(self, message, where) -> None:
+    def _on_segment(self, message, where: Where) -> None:
         if not message.key:
+            self.offsets.received(*where)
             raise _BadSegment("media message without a key (the key must be the stream_id)")
         stream_id = message.key.decode("utf-8", "replace")
+        stream = self.streams.get(stream_id)
+        has_room = stream is None or stream.feed is None or stream.feed.has_room()
+        verdict = self.redelivery.verdict((where[0], where[1]), where[2], stream_id, has_room)
+        if verdict is Verdict.SKIP:
+            return
+        self.offsets.received(*where)
+        if verdict is Verdict.DEFER:
+            self._m.deferred_messages.labels(where[0]).inc()
+            return  # pending: read again once the stream has room
+        if stream_id in self._discarding and stream is None:
+            self.offsets.done(*where)  # a failed stream's rest: its failure record said so
+            return
+        self._discarding.discard(stream_id)
         try:
             seq, eos = parse_headers(message.headers)
         except ValueError as exc:
             raise _BadSegment(str(exc)) from None
-        stream = self.streams.get(stream_id)
         if stream is not None and stream.ended:
             raise _BadSegment(f"segment after the end of stream {stream_id!r}")
         if stream is None:
-            stream = self._start(stream_id, f"kafka://{message.topic}/{stream_id}", where, segmented=True)
-        else:
-            stream.offsets.append(where)
+            if self.committer.finished_before(stream_id, *where):
+                self.offsets.done(*where)  # a stream finished before a restart, its input not committed yet
+                return
+            stream = ServiceStream(stream_id, where, sequence=SequenceCheck())
+            self.streams[stream_id] = stream
+            self._run(stream)
+        stream.offsets.append(where)
+        self.committer.running(stream_id, stream.inputs())
         problem = stream.sequence.check(seq)
         if problem is not None:
             if "gap" in problem:
                 self._m.segment_gaps.labels(metrics.stream_label(stream_id)).inc()
-            self.sink.write(Error(stream_id, "input", problem, uri=None,
-                                  input={"topic": where[0], "partition": where[1], "offset": where[2]}))
+            stream.sink.write(Error(stream_id, "input", problem, uri=None,
+                                    input={"topic": where[0], "partition": where[1], "offset": where[2]}))
             if "out of order" in problem:
                 return
         if message.value:
-            await stream.actor.feed.remote(message.value)
+            stream.feed.put(message.value)
         if eos:
             stream.ended = True
-            stream.actor.end.remote()
+            stream.feed.end()
 
-    def _start(self, stream_id: str, uri: str, where, open_uri: str | None = None,
-               options: dict[str, str] | None = None, segmented: bool = False, cfg=None) -> _Stream:
-        actor = self.pipeline.segmented_stream(stream_id, uri) if segmented else None
-        sink = self.committer.stream_sink(stream_id, self.sink)
-        if open_uri is not None:
-            sink = _JobSink(sink, where, open_uri, uri)
-        stop = asyncio.Event()
-        coro = self.pipeline.run_stream(stream_id, open_uri or uri, sink, actor=actor, live=segmented,
-                                        open_options=options, stop=stop, cfg=cfg)
-        stream = _Stream(stream_id, asyncio.ensure_future(coro), [where], actor,
-                         SequenceCheck() if segmented else None, stop=stop)
-        self.streams[stream_id] = stream
+    def _run(self, stream: ServiceStream, job: StartJob | None = None) -> None:
+        """Start (or start again) the stream's run on a stream actor."""
+        stream_id = stream.stream_id
+        stream.sink = StreamSink(self.committer.stream_sink(stream_id, self.sink), stream.first,
+                                 *((job.uri, redact(job.uri)) if job is not None else ()))
+        if job is None:
+            uri = f"kafka://{stream.first[0]}/{stream_id}"
+            stream.actor = self.pipeline.segmented_stream(stream_id, uri)
+            stream.feed = SegmentFeed(stream.actor, self.cfg.kafka.segment_buffer_bytes)
+            coro = self.pipeline.run_stream(stream_id, uri, stream.sink, actor=stream.actor, live=True,
+                                            stop=stream.stop, room=self.kafka_sink.room, raise_lost_actor=True)
+        else:
+            cfg = None
+            if job.live:  # the job's own live.* settings
+                base = self.pipeline.cfg
+                cfg = base.model_copy(update={"live": base.live.model_copy(update=job.live)})
+            coro = self.pipeline.run_stream(stream_id, job.uri, stream.sink, open_options=egress.for_job(job.options),
+                                            stop=stream.stop, cfg=cfg, room=self.kafka_sink.room,
+                                            raise_lost_actor=True)
+        self.committer.running(stream_id, stream.inputs())
+        stream.task = asyncio.ensure_future(coro)
         stream.task.add_done_callback(self._on_task_done(stream))
-        return stream
 
-    def _on_task_done(self, stream: _Stream):
+    def _on_task_done(self, stream: ServiceStream):
         def done(task: asyncio.Task) -> None:
             ending = asyncio.ensure_future(self._ended(stream, task))
             self._endings.add(ending)
             ending.add_done_callback(self._endings.discard)
         return done
 
-    async def _ended(self, stream: _Stream, task: asyncio.Task) -> None:
+    async def _ended(self, stream: ServiceStream, task: asyncio.Task) -> None:
         """A stream ended: once its records are acknowledged, its messages are done."""
-        if self.streams.get(stream.stream_id) is stream:
-            self.streams.pop(stream.stream_id)
-        if not task.cancelled() and isinstance(task.exception(), ClusterLost):
-            self._lose_cluster(task.exception().reason)
+        await stream.sink.released.wait()  # a rebalance decides first whether its records go out
+        if stream.sink.dropped:
+            self._forget(stream)
+            return  # its partition went to another consumer, which runs it from its progress
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, ClusterLost):
+            self._forget(stream)
+            self._lose_cluster(error.reason)
             return  # not done: the stream runs again once avfuse has restarted and rejoined
-        if not task.cancelled() and task.exception() is not None:
-            log.error("stream failed: %s", task.exception(), extra={"stream_id": stream.stream_id, "stage": "runtime"})
-        interrupted = task.cancelled() or (task.exception() is None and task.result().status == "interrupted")
+        if isinstance(error, StreamActorLost) and not self._stopping.is_set():
+            if stream.attempt <= self.cfg.kafka.max_stream_retries:
+                self._retry_later(stream, error.reason)
+                return
+            self._give_up(stream, error.reason)
+        elif error is not None and not isinstance(error, StreamActorLost):
+            log.error("stream failed: %s", one_line(error), extra={"stream_id": stream.stream_id, "stage": "runtime"})
+        interrupted = (task.cancelled() or (isinstance(error, StreamActorLost) and self._stopping.is_set())
+                       or (error is None and task.result().status == "interrupted"))
         if interrupted and not stream.stop_requested:
+            self._forget(stream)
             return  # a drain or a rebalance stopped it: not done, it runs again from its first message
-        await asyncio.to_thread(self.committer.sink.flush)
+        if error is None and task.result().status == "failed" and stream.segmented:
+            self._discarding.add(stream.stream_id)
+            for topic, partition, _ in stream.offsets[:1]:
+                self.redelivery.reread((topic, partition), stream.stream_id)  # its deferred rest is dropped
+        self._forget(stream)
+        written = self.kafka_sink.written
+        try:
+            await self.kafka_sink.wait_acked(written)
+        except BaseException:
+            return  # a record failed for good: exactly-once aborts; nothing of it is done
         self.committer.finished(stream.stream_id)
         for where in stream.offsets:
             self.offsets.done(*where)
+
+    def _forget(self, stream: ServiceStream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            self.streams.pop(stream.stream_id)
+
+    def _retry_later(self, stream: ServiceStream, reason: str) -> None:
+        backoff_s = self.cfg.kafka.retry_backoff_s * 2 ** (stream.attempt - 1)
+        log.warning("%s; running it again in %.1f s (attempt %d of %d)", reason, backoff_s, stream.attempt + 1,
+                    self.cfg.kafka.max_stream_retries + 1, extra={"stream_id": stream.stream_id, "stage": "runtime"})
+        self._m.stream_retries.labels(metrics.stream_label(stream.stream_id)).inc()
+
+        async def again() -> None:
+            await asyncio.sleep(backoff_s)
+            if self._stopping.is_set() or self.streams.get(stream.stream_id) is not stream:
+                return
+            stream.attempt += 1
+            if stream.segmented:  # its bytes went with its actor: read its messages again from the first
+                topic, partition, offset = stream.first
+                stream.offsets, stream.sequence, stream.ended = [], SequenceCheck(), False
+                self.redelivery.reread((topic, partition), stream.stream_id, from_offset=offset)
+                self._run(stream)
+            else:
+                self._run(stream, parse_job(json.dumps(stream.job).encode()))
+
+        retry = asyncio.ensure_future(again())
+        self._retries.add(retry)
+        retry.add_done_callback(self._retries.discard)
+
+    def _give_up(self, stream: ServiceStream, reason: str) -> None:
+        """Retries spent: the stream's end says why, its job goes to the dead-letter topic."""
+        topic, partition, offset = stream.first
+        log.error("%s; giving up after %d attempts: to %s", reason, stream.attempt, self.cfg.kafka.topics.dead,
+                  extra={"stream_id": stream.stream_id, "stage": "runtime"})
+        stream.sink.write(Error(stream.stream_id, "runtime", reason, fatal=True))
+        stream.sink.write(StreamEnd(stream.stream_id, "failed", reason, 0.0, 0.0, 0, 0, 0, 0))
+        stream.sink.write(DeadLetter(stream.stream_id, reason, stream.attempt,
+                                     {"topic": topic, "partition": partition, "offset": offset}, job=stream.job))
+        self._m.dead_letters.inc()
+        if stream.segmented:
+            self._discarding.add(stream.stream_id)
+            self.redelivery.reread((topic, partition), stream.stream_id)
 
     def reassigned(self, assigned) -> None:
         """Rebalance (consumer thread): stop streams fed from partitions this consumer no longer owns.
@@ -337,32 +513,73 @@ class Service:
         lost = set()
         for stream in list(self.streams.values()):
             if any((topic, partition) not in owned for topic, partition, _ in stream.offsets):
-                self._loop.call_soon_threadsafe(stream.task.cancel)
+                self._loop.call_soon_threadsafe(_cancel, stream)
                 lost.update((topic, partition) for topic, partition, _ in stream.offsets)
+            elif stream.sink is not None:
+                self._loop.call_soon_threadsafe(stream.sink.release)
         for topic, partition in lost - owned:
             self.offsets.forget(topic, partition)
+        self._loop.call_soon_threadsafe(self._forget_partitions, lost - owned)
+        # The listener runs on the client's I/O thread, which must not block: the progress and
+        # the committed offsets are read after this poll returns, before its messages.
+        self._assigned = list(assigned)
+
+    def revoked(self, revoked) -> None:
+        """Rebalance (the client's I/O thread), exactly-once: before another consumer may take these
+        partitions, hold their streams' records and commit what is written, so that the progress a
+        new owner reads is exactly what the committed transactions hold."""
+        if (self.cfg.kafka.delivery != "exactly_once" or getattr(self, "committer", None) is None
+                or self._stopping.is_set()):
+            return  # stopping: the drain commits, and the clients close
+        try:
+            done = asyncio.run_coroutine_threadsafe(self._hold_and_commit(
+                {(tp.topic, tp.partition) for tp in revoked}), self._loop)
+            done.result(timeout=REVOKE_COMMIT_TIMEOUT_S)
+        except Exception as exc:  # the new owner may repeat what the open transaction held: it aborts
+            log.warning("committing at a revocation failed (%s)", one_line(exc), extra={"stage": "commit"})
+
+    async def _hold_and_commit(self, revoked: set[tuple[str, int]]) -> None:
+        for stream in self.streams.values():
+            if stream.sink is not None and any((t, p) in revoked for t, p, _ in stream.offsets):
+                stream.sink.hold()
+        if self._committing is not None and not self._committing.done():
+            await asyncio.wait([self._committing])
+        self._committing = asyncio.ensure_future(self._commit())
+        await self._committing
+
+    def _after_assignment(self) -> None:
+        """Consumer thread, after a poll that assigned partitions: what was committed there."""
+        assigned, self._assigned = self._assigned, None
+        committed = {}
+        for tp in assigned:
+            try:
+                offset = self.consumer.committed(tp)
+            except KafkaError:
+                offset = None
+            if offset is not None:
+                committed[(tp.topic, tp.partition)] = offset
+        self.committer.reassigned(committed)
+
+    def _forget_partitions(self, partitions) -> None:
+        for tp in partitions:
+            self.redelivery.forget(tp)
 
 
-class _JobSink:
-    """A job stream's records as the job's writer should see them: an error (a refused hop, say)
-    names the job message (topic, partition, offset), and the URI is shown redacted."""
+def _cancel(stream: ServiceStream) -> None:
+    if stream.sink is not None:
+        stream.sink.drop()
+    if stream.task is not None:
+        stream.task.cancel()
 
-    def __init__(self, inner: Sink, where: tuple[str, int, int], open_uri: str, shown_uri: str):
-        self._inner, self._open_uri, self._shown_uri = inner, open_uri, shown_uri
-        self._input = {"topic": where[0], "partition": where[1], "offset": where[2]}
 
-    def write(self, record, arrived_wall_s: float | None = None) -> None:
-        if getattr(record, "uri", None) == self._open_uri:
-            record = dataclasses.replace(record, uri=self._shown_uri)
-        if isinstance(record, Error) and record.input is None:
-            record = dataclasses.replace(record, input=self._input)
-        self._inner.write(record, arrived_wall_s)
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
-    def flush(self) -> None:
-        self._inner.flush()
 
-    def close(self) -> None:
-        pass  # the shared sink outlives the stream
+async def _wait_within(futures, until: float) -> None:
+    futures = [f for f in futures if f is not None]
+    if futures and _left(until) > 0:
+        await asyncio.wait(futures, timeout=_left(until))
 
 
 class _BadSegment(ValueError):
@@ -379,6 +596,7 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked) -> None:
         if revoked:
             log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+            self.service.revoked(revoked)
 
     def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))

@@ -1,7 +1,9 @@
 """The node's one scrape target: /metrics, /healthz and /readyz on one port.
 
 /metrics merges the samples every avfuse process of this node wrote (see
-``pipeline/observe/metrics.py``). /healthz answers 200 while the process is alive.
+``pipeline/observe/metrics.py``). /healthz answers 200 while the process is alive and,
+in the service, its event loop turns (503 once it has not for 30 s: a liveness probe then
+restarts a frozen process; a broker outage does not freeze it).
 /readyz answers 200 once every readiness check passed (Ray connected, operators
 warmed up, Kafka connected where configured) and 503 with the failing checks
 otherwise, so Kubernetes sends no work before the pipeline can take it.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,9 +27,22 @@ log = logging.getLogger("avfuse.exporter")
 class Readiness:
     """Named checks, each not ready until set; thread-safe."""
 
-    def __init__(self, *checks: str):
+    def __init__(self, *checks: str, stalled_after_s: float = 30.0):
         self._lock = threading.Lock()
         self._state: dict[str, str | None] = {name: "not yet" for name in checks}
+        self._stalled_after_s = stalled_after_s
+        self._last_beat: float | None = None  # None until the service's loop runs: starting is alive
+
+    def beat(self) -> None:
+        """The service's event loop is running (it beats every second)."""
+        self._last_beat = time.monotonic()
+
+    def stalled_s(self) -> float | None:
+        """Seconds since the loop's last beat, once that is past ``stalled_after_s`` (else None)."""
+        if self._last_beat is None:
+            return None
+        since = time.monotonic() - self._last_beat
+        return since if since > self._stalled_after_s else None
 
     def set(self, check: str, ready: bool, reason: str = "not ready") -> None:
         with self._lock:
@@ -51,7 +67,12 @@ class Exporter:
                 if path == "/metrics":
                     self._reply(200, collect(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    self._reply(200, b"ok\n")
+                    # Alive while the loop turns; a broker outage is not a reason to restart us.
+                    stalled = exporter.readiness.stalled_s()
+                    if stalled is None:
+                        self._reply(200, b"ok\n")
+                    else:
+                        self._reply(503, f"event loop stalled for {stalled:.0f} s\n".encode())
                 elif path == "/readyz":
                     failing = exporter.readiness.failing()
                     body = "".join(f"{name}: {why}\n" for name, why in failing.items()) or "ready\n"

@@ -5,7 +5,10 @@ Design: prometheus-client's multiprocess mode. Every avfuse process of a run
 memory-mapped files in one folder, ``PROMETHEUS_MULTIPROC_DIR``; one exporter
 per node merges that folder into a single scrape target (``pipeline/observe/exporter.py``).
 Counters of processes that have exited keep counting: a stream actor's frames
-stay in the totals after its stream ended and the actor is gone.
+stay in the totals after its stream ended and the actor is gone. Their files are
+merged into one compacted set (``pipeline/observe/metrics_compaction.py``) when a
+process is marked dead and whenever a process starts counting, so the folder, and
+the time of a scrape, stay flat however many processes came and went.
 
 The folder must be known before prometheus_client creates a value, so
 ``enable_multiprocess`` runs first in the driver, and Ray passes the same
@@ -20,12 +23,17 @@ number of series no longer grows with the number of streams.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+
+from pipeline.observe import metrics_compaction
+
+log = logging.getLogger("avfuse.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PER_STREAM_ENV = "AVFUSE_METRICS_PER_STREAM"
@@ -62,10 +70,34 @@ def stream_label(stream_id: str) -> str:
 
 
 def mark_process_dead(pid: int, folder: str | Path | None = None) -> None:
-    """Drop a dead process's live gauges (counters and histograms keep counting)."""
+    """Drop a dead process's live gauges; its counters and histograms keep counting, compacted.
+
+    A pid that still exists here is not compacted: ``ray.kill`` returns before the process
+    is gone (it may still write), or the pid is another node's. The next sweep
+    (``compact_ended_processes``) takes it once it has ended.
+    """
     folder = folder or multiprocess_dir()
     if folder:
         multiprocess.mark_process_dead(pid, str(folder))
+        if not metrics_compaction.process_exists(pid):
+            _quietly(metrics_compaction.compact_dead, folder, [pid])
+
+
+def compact_ended_processes(folder: str | Path | None = None) -> None:
+    """Merge the files of every process of this node's folder that has ended into the compacted set."""
+    folder = folder or multiprocess_dir()
+    if folder:
+        _quietly(metrics_compaction.compact_ended, folder)
+
+
+def _quietly(compact, folder: str | Path, *args) -> None:
+    # Housekeeping: a folder it cannot tidy must not fail a stream or a shutdown; the
+    # files stay, and the scrape still merges them.
+    try:
+        compact(folder, *args)
+    except Exception as exc:
+        log.warning("could not compact the metrics files of ended processes in %s: %s", folder, exc)
+        log.debug("compaction failed", exc_info=True)
 
 
 class Metrics:
@@ -152,6 +184,14 @@ class Metrics:
                                           ["topic", "reason"], **kw)
         self.segment_gaps = Counter("avfuse_segment_gaps_total", "Gaps in a media stream's segment sequence",
                                     ["stream"], **kw)
+        self.stream_retries = Counter("avfuse_stream_retries_total",
+                                      "Streams run again after a transient failure (their stream actor died)",
+                                      ["stream"], **kw)
+        self.dead_letters = Counter("avfuse_dead_letters_total",
+                                    "Jobs given up on after kafka.max_stream_retries, sent to topics.dead", **kw)
+        self.deferred_messages = Counter("avfuse_kafka_deferred_messages_total",
+                                         "Media messages left in Kafka for a stream with a full buffer, read again "
+                                         "later", ["topic"], **kw)
 
 
 @lru_cache(maxsize=1)
@@ -159,6 +199,9 @@ def get() -> Metrics:
     folder = multiprocess_dir()
     if folder is not None:  # a Ray worker on another node: the folder is new there
         Path(folder).mkdir(parents=True, exist_ok=True)
+        # A process that starts tidies up after those of its node that ended (killed stream
+        # actors, which nobody could mark dead once they were gone), so the folder stays flat.
+        compact_ended_processes(folder)
     # A private registry: a process may make its Metrics again (enable_multiprocess).
     return Metrics(CollectorRegistry())
 
@@ -171,9 +214,10 @@ def worker_env(per_stream_labels: bool) -> dict[str, str]:
     return env
 
 
-def collect() -> bytes:
-    """The exposition text of this node: the shared folder when there is one, else this process."""
-    folder = multiprocess_dir()
+def collect(folder: str | Path | None = None) -> bytes:
+    """The exposition text of ``folder`` (default: this node's shared folder; without one, this
+    process's own samples)."""
+    folder = str(folder) if folder else multiprocess_dir()
     if folder is None:
         return generate_latest(get().registry)
     registry = CollectorRegistry()
@@ -188,7 +232,8 @@ class _AvfuseFiles:
     stream actor starting) fails as a whole on the empty file, and a process killed in it
     leaves the empty file behind, failing every later scrape (prometheus/client_python#1199).
     An empty file holds no samples, so leaving it out loses nothing. Only avfuse's families
-    are exported: another library in a worker may share the folder.
+    are exported: another library in a worker may share the folder. Files are listed and read
+    under the folder's shared lock, so a compaction is seen either whole or not at all.
     """
 
     _HEADER_BYTES = 8  # used size + padding, written when the file is sized
@@ -197,14 +242,15 @@ class _AvfuseFiles:
         self._folder = folder
 
     def collect(self):
-        files = []
-        for path in glob.glob(os.path.join(self._folder, "*.db")):
-            try:
-                if os.path.getsize(path) >= self._HEADER_BYTES:
-                    files.append(path)
-            except OSError:  # removed meanwhile (mark_process_dead)
-                pass
-        families = multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+        with metrics_compaction.reading(self._folder):
+            files = []
+            for path in glob.glob(os.path.join(self._folder, "*.db")):
+                try:
+                    if os.path.getsize(path) >= self._HEADER_BYTES:
+                        files.append(path)
+                except OSError:  # removed meanwhile (mark_process_dead)
+                    pass
+            families = multiprocess.MultiProcessCollector.merge(files, accumulate=True)
         return (family for family in families if family.name.startswith("avfuse_"))
 
 

@@ -240,9 +240,23 @@ class Signals(Record):
     motion: dict[str, list[float | None]]  # thumbnail difference to the previous kept frame, 0..1
 
 
+@dataclass
+class DeadLetter(Record):
+    """A job (or media stream) given up on after ``kafka.max_stream_retries`` transient failures:
+    what it was, where its message lies, and why it failed the last time. Its input is committed."""
+
+    record_type: ClassVar[str] = "dead_letter"
+    stream_id: str
+    reason: str  # one line: the last attempt's failure
+    attempts: int
+    input: dict[str, Any]  # {topic, partition, offset} of the stream's first message
+    job: dict[str, Any] | None = None  # the job as it was sent (None for a media stream)
+    at: float = field(default_factory=time.time)  # unix seconds
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.record_type: cls for cls in (StreamStart, Event, Summary, StreamEnd, Error, Window, Transcript, Signals,
-                                     SourceState, Discontinuity)
+                                     SourceState, Discontinuity, DeadLetter)
 }
 
 

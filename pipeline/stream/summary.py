@@ -3,6 +3,8 @@ of stream time and once more, final, at the end of the stream."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections import Counter
 from typing import Callable
@@ -17,6 +19,42 @@ _DURATION_FIELDS = {"silence": "silence_s", "black_video": "black_s", "frozen_vi
                     "speech": "speech_s"}
 
 
+class TopMoments:
+    """The ``limit`` events with the highest confidence so far, in constant memory.
+
+    The same choice as ranking every event by (confidence descending, start_s ascending) and
+    keeping the first ``limit``, ties to the one added first (a stable sort), without keeping
+    every event: a min-heap of at most ``limit`` entries whose root is the weakest kept, keyed
+    (confidence, -start_s, -arrival). Each entry keeps only what a summary lists of its event.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._heap: list[tuple[float, float, int, dict]] = []
+        self._arrivals = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, event: Event) -> None:
+        if self.limit <= 0:
+            return
+        key = (event.confidence, -event.start_s, -next(self._arrivals))
+        if len(self._heap) >= self.limit and key <= self._heap[0][:3]:
+            return  # no better than the weakest kept
+        moment = {"label": event.label, "start_s": event.start_s, "end_s": event.end_s,
+                  "confidence": event.confidence, "event_id": event.event_id}
+        if len(self._heap) < self.limit:
+            heapq.heappush(self._heap, (*key, moment))
+        else:
+            heapq.heapreplace(self._heap, (*key, moment))
+
+    def listed(self) -> list[dict]:
+        """The kept moments by start_s; equal starts in rank order (confidence, then arrival)."""
+        ranked = sorted(self._heap, key=lambda entry: (-entry[1], -entry[0], -entry[2]))
+        return [dict(entry[3]) for entry in ranked]
+
+
 class SummaryTracker:
     def __init__(self, stream_id: str, every_s: float, top_moments: int, has_video: bool,
                  report_confidence: float = 0.0, report_min_windows: int = 1):
@@ -27,7 +65,7 @@ class SummaryTracker:
         self.started_wall_s = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.durations_s = {name: 0.0 for name in _DURATION_FIELDS.values()}
-        self.events: list[Event] = []
+        self.top = TopMoments(top_moments)  # not every event: a 24/7 stream keeps flat memory
         self.windows = 0
         self.partial_windows = 0
         self.processed_s = 0.0
@@ -45,7 +83,7 @@ class SummaryTracker:
         self.counts[event.label] += 1
         if event.label in _DURATION_FIELDS:
             self.durations_s[_DURATION_FIELDS[event.label]] += max(0.0, event.end_s - event.start_s)
-        self.events.append(event)
+        self.top.add(event)
 
     def add_transcript(self, words: int, language: str, seconds: float) -> None:
         self.words += words
@@ -71,7 +109,6 @@ class SummaryTracker:
     def build(self, final: bool) -> Summary:
         wall_s = time.monotonic() - self.started_wall_s
         sync = self.sync.estimate(whole_stream=final) if self.sync is not None else None
-        top = sorted(self.events, key=lambda e: (-e.confidence, e.start_s))[: self.top_moments]
         return Summary(
             stream_id=self.stream_id,
             final=final,
@@ -83,11 +120,7 @@ class SummaryTracker:
             scenes=self.counts.get("scene_cut", 0) + 1 if self.has_video and self.processed_s > 0 else 0,
             windows=self.windows,
             partial_windows=self.partial_windows,
-            top_moments=[
-                {"label": e.label, "start_s": e.start_s, "end_s": e.end_s,
-                 "confidence": e.confidence, "event_id": e.event_id}
-                for e in sorted(top, key=lambda e: e.start_s)
-            ],
+            top_moments=self.top.listed(),
             # Below the calibrated confidence, or on fewer windows than an av_desync needs, the
             # number is noise (one window of a held-out clip said +0.19 s): say "unknown".
             av_offset_s=sync.offset_s if self._reportable(sync) else None,

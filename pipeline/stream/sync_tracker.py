@@ -15,7 +15,7 @@ the offset is where they agree, and a window that says nothing (flat) moves noth
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,13 +56,51 @@ class SyncEstimate:
     windows: int
 
 
+class _OpenDesync:
+    """An av_desync being built, in constant memory however long it lasts: the windows' estimates
+    are counted per value (offsets are whole milliseconds within the head's lags, so there are
+    few distinct ones) for an exact median, and their confidences summed for the mean."""
+
+    def __init__(self, start_s: float, end_s: float, side: float):
+        self.start_s, self.end_s, self.side = start_s, end_s, side
+        self._offsets: Counter[float] = Counter()
+        self._confidence_sum, self._windows = 0.0, 0
+
+    def add(self, end_s: float, estimate: SyncEstimate) -> None:
+        self.end_s = end_s
+        self._offsets[estimate.offset_s] += 1
+        self._confidence_sum += estimate.confidence
+        self._windows += 1
+
+    @property
+    def distinct_offsets(self) -> int:
+        return len(self._offsets)
+
+    @property
+    def mean_confidence(self) -> float:
+        return self._confidence_sum / self._windows
+
+    @property
+    def median_offset_s(self) -> float:
+        """As ``np.median`` of every window's offset: the middle one, or the mean of the middle two."""
+        lower, upper = (self._windows - 1) // 2, self._windows // 2
+        below, low_value = 0, None
+        for value in sorted(self._offsets):
+            below += self._offsets[value]
+            if low_value is None and below > lower:
+                low_value = value
+            if below > upper:
+                return float(low_value) if lower == upper else (low_value + value) / 2.0
+        raise ValueError("an av_desync with no window")
+
+
 class SyncTracker:
     def __init__(self, stream_id: str, cfg: AVSyncConfig, lags_s: np.ndarray):
         self.stream_id, self.cfg = stream_id, cfg
         self.lags_s = np.asarray(lags_s, np.float64)
         self._recent: deque[tuple[float, _Evidence]] = deque()  # (window end_s, its evidence)
         self._total: _Evidence | None = None  # every window so far, in constant memory
-        self._open: dict | None = None  # the av_desync being built
+        self._open: _OpenDesync | None = None  # the av_desync being built
 
     def add(self, start_s: float, end_s: float, probs: np.ndarray, evidence: bool = True) -> list[Event]:
         """One window's [M + 1] probabilities (lags, no match); returns av_desync events that ended.
@@ -107,14 +145,12 @@ class SyncTracker:
         confident = current.confidence >= self.cfg.min_confidence
         if self._open is None:
             if confident and abs(current.offset_s) > threshold:
-                self._open = {"start_s": start_s, "end_s": end_s, "offsets": [current.offset_s],
-                              "confidences": [current.confidence]}
+                self._open = _OpenDesync(start_s, end_s, np.sign(current.offset_s))
+                self._open.add(end_s, current)
             return []
-        same_side = np.sign(current.offset_s) == np.sign(self._open["offsets"][0])
+        same_side = np.sign(current.offset_s) == self._open.side
         if confident and same_side and abs(current.offset_s) >= EXIT_FRACTION * threshold:
-            self._open["end_s"] = end_s
-            self._open["offsets"].append(current.offset_s)
-            self._open["confidences"].append(current.confidence)
+            self._open.add(end_s, current)
             return []
         return self._close()
 
@@ -124,7 +160,6 @@ class SyncTracker:
 
     def _close(self) -> list[Event]:
         span, self._open = self._open, None
-        return [Event(self.stream_id, "av_desync", span["start_s"], span["end_s"],
-                      confidence=round(float(np.mean(span["confidences"])), 3), detector=DETECTOR,
-                      detector_version=VERSION,
-                      attributes={"offset_s": round(float(np.median(span["offsets"])), 3)})]
+        return [Event(self.stream_id, "av_desync", span.start_s, span.end_s,
+                      confidence=round(span.mean_confidence, 3), detector=DETECTOR,
+                      detector_version=VERSION, attributes={"offset_s": round(span.median_offset_s, 3)})]
