@@ -102,7 +102,7 @@ def env_config(objects: list[dict]):
 def test_overlay_renders_every_part_of_the_deployment(overlay):
     kinds = sorted(o["kind"] for o in render(overlay))
     for kind, count in {"RayCluster": 1, "StatefulSet": 1, "Service": 1, "PodDisruptionBudget": 1, "ServiceAccount": 1,
-                        "KafkaTopic": 8, "KafkaUser": 1, "PodMonitor": 1, "NetworkPolicy": 3, "Namespace": 1,
+                        "KafkaTopic": 9, "KafkaUser": 1, "PodMonitor": 1, "NetworkPolicy": 3, "Namespace": 1,
                         "ConfigMap": 3}.items():
         assert kinds.count(kind) == count, f"{overlay}: {kinds.count(kind)} {kind}, expected {count}"
     assert {o["metadata"].get("namespace") for o in render(overlay) if o["kind"] != "Namespace"} == {"avfuse"}

@@ -89,6 +89,62 @@ def test_exactly_once_a_job_finished_behind_a_long_one_is_not_run_again_after_a_
         repeated = [eid for eid, n in Counter(_events(records, sid)).items() if n > 1]
         assert not repeated, (sid, repeated)
     assert "already done before a restart" in log, log
+    # Once their input is committed, finished streams leave the progress topic (tombstones).
+    progress = _latest_values(kafka_broker, f"{prefix}.progress")
+    assert progress.get("short", b"?") is None and progress.get("long", b"?") is None, progress
+
+
+def _latest_values(broker, topic: str) -> dict[str, bytes | None]:
+    """Each key's last value on a (compacted) topic, read committed, to its end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        latest: dict[str, bytes | None] = {}
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=500).values():
+                for message in messages:
+                    latest[message.key.decode()] = message.value
+        return latest
+    finally:
+        consumer.close()
+
+
+def test_exactly_once_a_segment_gap_is_reported_once_across_a_kill(kafka_broker, clips, tmp_path):
+    segments = ts_segments(clips["av.mp4"])
+    messages = segment_messages("gappy", segments, skip_seq=3)
+    prefix = f"g{uuid.uuid4().hex[:8]}"
+    sets = ("kafka.delivery=exactly_once",)
+    service = Service(kafka_broker, prefix, tmp_path, *sets)
+    services = [service]
+    topics = service.topics
+    reader = Reader(kafka_broker, [topics["events"], topics["summaries"], topics["errors"]])
+    try:
+        service.wait_ready()
+        # The first half (with the gap): the stream stays open, waiting for the rest of its bytes.
+        produce(kafka_broker, topics["media"], messages[:6])
+        reader.read_until(lambda rs: any(r["type"] == "error" for r in rs), what="the gap's error record")
+        time.sleep(2)  # committed in a transaction, with the stream's progress
+        service.kill()
+        service = Service(kafka_broker, prefix, tmp_path, *sets)
+        services.append(service)
+        service.wait_ready()
+        produce(kafka_broker, topics["media"], messages[6:])
+        records = reader.read_until(lambda rs: "gappy" in stream_ends(rs), timeout_s=120, what="the stream's end")
+        time.sleep(2)
+        records = reader.read_until(lambda rs: True, timeout_s=3)
+        assert service.terminate() == 0, service.log()
+    finally:
+        _stop(services, reader)
+    gaps = [r for r in records if r["type"] == "error" and "gap" in r["reason"]]
+    assert len(gaps) == 1, gaps  # the re-run's own report of it was counted, and skipped
+    assert Counter(r["stream_id"] for r in records if r["type"] == "stream_start")["gappy"] == 1
 
 
 def test_a_broker_outage_neither_freezes_the_service_nor_its_drain_and_loses_nothing(

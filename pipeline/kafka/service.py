@@ -293,14 +293,16 @@ class Service:
             await _wait_within(list(self._endings), deadline - 0.2 * _left(deadline))
             self._committing = asyncio.ensure_future(self._commit())
             await _wait_within([self._committing], deadline - 0.15 * _left(deadline))
-        await self._close_clients(deadline)
+        # A lost cluster cannot be asked to shut its actors down (Ray Client raises).
+        await self._close_clients(deadline, shutdown_pipeline=self._cluster_lost is None)
 
-    async def _close_clients(self, deadline: float) -> None:
+    async def _close_clients(self, deadline: float, shutdown_pipeline: bool = True) -> None:
         closing = asyncio.ensure_future(asyncio.to_thread(self.committer.close, max(0.0, _left(deadline) * 0.6)))
         await _wait_within([closing], deadline)
         await _wait_within([asyncio.ensure_future(self._on_consumer(self.consumer.close, autocommit=False))],
                            deadline + 2)
-        self.pipeline.shutdown()
+        if shutdown_pipeline:
+            self.pipeline.shutdown()
 
     # -- messages --------------------------------------------------------------------
 
