@@ -36,7 +36,7 @@ def init_metrics(cfg: Config) -> None:
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
-# Task events Ray's GCS keeps (a local Ray; a cluster's head sets RAY_task_events_max_num_task_in_gcs).
+# Task events a local Ray's GCS would keep, were they reported (a cluster's head: k8s/base/raycluster.yaml).
 GCS_TASK_EVENTS = 5000
 
 
@@ -71,8 +71,10 @@ def connect_ray(cfg: Config, debug: bool = False) -> None:
                 # Ray's GCS keeps the events of the last 100 000 tasks (about 500 B each) for its state
                 # API and dashboard; every actor call of a stream is a task, so a 24/7 service grew
                 # the GCS by ~30 MiB in its first two hours of media (benchmarks/bench_soak.py).
-                # avfuse reads none of it: keep the last few thousand.
-                **({} if address else {"_system_config": {"task_events_max_num_task_in_gcs": GCS_TASK_EVENTS}}),
+                # avfuse reads none of it: a local Ray does not record them (a cluster's head keeps
+                # the last few thousand, k8s/base/raycluster.yaml).
+                **({} if address else {"_system_config": {"task_events_report_interval_ms": 0,
+                                                          "task_events_max_num_task_in_gcs": GCS_TASK_EVENTS}}),
             )
     except ConnectionError as exc:  # Ray Client's timeout, a head that is not up yet
         reason = " ".join(str(exc).split())  # Ray Client's reasons span lines

@@ -30,6 +30,7 @@ from pipeline.ingest.audio_patches import sound_patches_wanted
 from pipeline.observe import metrics
 from pipeline.output.records import Error, StreamEnd
 from pipeline.output.sinks import Sink
+from pipeline.stream.checkpoint import StreamCheckpoint
 from pipeline.stream.speech_segments import transcripts_off_reason, transcripts_wanted
 from pipeline.stream.understanding import check_rules
 
@@ -139,23 +140,26 @@ class Pipeline:
         tasks = [self.run_stream(sid, uri, sink, on_progress) for sid, uri in zip(stream_ids, uris)]
         return list(await asyncio.gather(*tasks))
 
-    def segmented_stream(self, stream_id: str, uri: str):
-        """A stream actor for a stream whose bytes the caller feeds (Kafka media segments)."""
-        return self.streams.segmented(stream_id, uri)
+    def segmented_stream(self, stream_id: str, uri: str, resume: StreamCheckpoint | None = None):
+        """A stream actor for a stream whose bytes the caller feeds (Kafka media segments); ``resume``:
+        its bytes start at that checkpoint's resume segment."""
+        return self.streams.segmented(stream_id, uri, resume)
 
     async def run_stream(self, stream_id: str, uri: str, sink: Sink,
                          on_progress: ProgressFn | None = None, actor=None, live: bool | None = None,
                          open_options: dict[str, str] | None = None,
                          stop: asyncio.Event | None = None, cfg: Config | None = None,
                          room: Callable[[], Awaitable[None]] | None = None,
-                         raise_lost_actor: bool = False) -> StreamResult:
+                         raise_lost_actor: bool = False,
+                         on_checkpoint: Callable[[StreamCheckpoint], None] | None = None) -> StreamResult:
         """Run one stream to its end. ``actor``: a segmented_stream() the caller feeds;
         ``live``: its media arrives in real time (counts lag behind real time); ``stop``: once
         set, the stream ends after the chunk in hand, its windows fused (status interrupted); ``cfg``:
         the stream's own config (a job's live.* settings), else the pipeline's; ``room``: awaited
         after each batch of records (a sink that must not block the loop says when it has room);
         ``raise_lost_actor``: a dead stream actor raises StreamActorLost (the caller retries)
-        instead of ending the stream as failed."""
+        instead of ending the stream as failed; ``on_checkpoint``: takes a segmented stream's checkpoints,
+        each once every record before it is written to the sink (without it they are dropped)."""
         # One semaphore per event loop: a Pipeline outlives the asyncio.run() of one replay.
         slots = self._slots.setdefault(asyncio.get_running_loop(),
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
@@ -171,7 +175,7 @@ class Pipeline:
             active.inc()
             try:
                 result = await self._drive(actor, stream, stream_id, uri, sink, on_progress, stop, room,
-                                           raise_lost_actor)
+                                           raise_lost_actor, on_checkpoint)
             except BaseException:  # cancelled, or the cluster is gone: no stream will reuse it
                 kill(actor)
                 raise
@@ -186,7 +190,7 @@ class Pipeline:
     async def _drive(self, actor, stream: tuple, stream_id: str, uri: str, sink: Sink,
                      on_progress: ProgressFn | None, stop: asyncio.Event | None,
                      room: Callable[[], Awaitable[None]] | None = None,
-                     raise_lost_actor: bool = False) -> StreamResult:
+                     raise_lost_actor: bool = False, on_checkpoint=None) -> StreamResult:
         """Write the stream actor's records to the sink until its last batch; the stream's
         failures arrive as records, the actor's death or the cluster's as Ray errors."""
         received = metrics.get().driver_received_bytes.labels(metrics.stream_label(stream_id))
@@ -204,7 +208,7 @@ class Pipeline:
                     await self._interrupted(actor, sink, taken)
                     raise
                 received.inc(len(pickle.dumps(batch, protocol=5)))
-                _write(batch, sink)
+                _write(batch, sink, on_checkpoint)
                 if room is not None:
                     await room()
                 taken = batch
@@ -241,8 +245,12 @@ class Pipeline:
             log.debug("an interrupted stream did not hand over its last records", exc_info=True)
 
 
-def _write(batch: RecordBatch, sink: Sink) -> None:
+def _write(batch: RecordBatch, sink: Sink, on_checkpoint=None) -> None:
     for record, arrived_wall_s in batch.records:
+        if isinstance(record, StreamCheckpoint):  # not a record: where the stream could resume
+            if on_checkpoint is not None:
+                on_checkpoint(record)
+            continue
         sink.write(record, arrived_wall_s)
 
 

@@ -26,6 +26,7 @@ from pipeline.core.errors import one_line
 from pipeline.ingest.decode import MediaDecoder
 from pipeline.ingest.live_source import LiveSource, reconnects
 from pipeline.ingest.segments import SegmentPipe
+from pipeline.stream.checkpoint import StreamCheckpoint
 
 log = logging.getLogger("avfuse.runtime")
 
@@ -42,7 +43,7 @@ class StreamActor:
     awaits ``run`` before its first ``take_records``)."""
 
     def __init__(self, cfg: Config, operators: OperatorHandles, stream_id: str | None = None, uri: str = "",
-                 segmented: bool = False):
+                 segmented: bool = False, resume: StreamCheckpoint | None = None):
         logging.getLogger("libav").setLevel(logging.ERROR)
         self._cfg, self._operators = cfg, operators
         self._pipe = SegmentPipe(cfg.kafka.segment_buffer_bytes) if segmented else None
@@ -54,10 +55,10 @@ class StreamActor:
         self._relay = RecordRelay()
         self._task: asyncio.Task | None = None
         if stream_id is not None:
-            self._start(stream_id, uri, live=segmented)
+            self._start(stream_id, uri, live=segmented, resume=resume)
 
     def _start(self, stream_id: str, uri: str, open_options: dict[str, str] | None = None,
-               live: bool = False, cfg: Config | None = None) -> None:
+               live: bool = False, cfg: Config | None = None, resume: StreamCheckpoint | None = None) -> None:
         """Begin a new stream (under the driver's config as it is now, when given); whatever the
         previous one left open is closed first."""
         self.reset()
@@ -65,10 +66,13 @@ class StreamActor:
         if self._pipe is None and reconnects(self._cfg, uri):
             self._decoder = LiveSource(stream_id, uri, self._cfg, open_options)
         else:
-            self._decoder = MediaDecoder(stream_id, uri, self._cfg, open_options, source=self._pipe)
+            grid = resume.audio_grid if resume is not None else None
+            self._decoder = MediaDecoder(stream_id, uri, self._cfg, open_options, source=self._pipe,
+                                         clock_state=resume.clock if resume is not None else None,
+                                         audio_grid=(grid["origin_s"], grid["step_s"]) if grid else None)
         self._relay = RecordRelay()
         self._runner = StreamRunner(self._cfg, self._operators, self._decoder, self._relay,
-                                    self._decode_thread, live)
+                                    self._decode_thread, live, checkpoints=self._pipe is not None, resume=resume)
 
     async def run(self, stream_id: str | None = None, uri: str = "", open_options: dict[str, str] | None = None,
                   live: bool = False, cfg: Config | None = None) -> None:

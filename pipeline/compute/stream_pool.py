@@ -46,9 +46,9 @@ class StreamPool:
         one, else a new one."""
         return self._idle.pop() if self._idle else self._new()
 
-    def segmented(self, stream_id: str, uri: str):
-        """An actor of its own for a stream whose bytes the caller feeds."""
-        return self._new(stream_id=stream_id, uri=uri, segmented=True)
+    def segmented(self, stream_id: str, uri: str, resume=None):
+        """An actor of its own for a stream whose bytes the caller feeds (``resume``: from its checkpoint)."""
+        return self._new(stream_id=stream_id, uri=uri, segmented=True, resume=resume)
 
     async def give_back(self, actor) -> None:
         """Keep a finished stream's actor for the next stream if it is healthy and there is room."""

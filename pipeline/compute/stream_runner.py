@@ -31,6 +31,7 @@ from pipeline.ingest.decode import MediaDecoder
 from pipeline.ingest.live_source import LiveSource
 from pipeline.observe import metrics
 from pipeline.output.records import Error, StreamEnd
+from pipeline.stream.checkpoint import StreamCheckpoint
 from pipeline.stream.session import StreamSession
 from pipeline.stream.source_records import source_record
 from pipeline.stream.transcripts import TranscriptRequests
@@ -56,10 +57,16 @@ class OperatorHandles:
 
 class StreamRunner:
     """Runs one stream: ``run()`` returns its StreamResult and never raises for the stream's own
-    failures (they become error records); ``stop()`` ends it after the chunk in hand."""
+    failures (they become error records); ``stop()`` ends it after the chunk in hand.
+
+    ``checkpoints``: a stream fed in segments; its session's checkpoints go to the relay in line
+    with its records (the driver stores them once the records before are durable). ``resume``:
+    the checkpoint this run starts from (the decoder was made from it too)."""
 
     def __init__(self, cfg: Config, operators: OperatorHandles, decoder: MediaDecoder | LiveSource,
-                 relay: RecordRelay, decode_thread: ThreadPoolExecutor, live: bool):
+                 relay: RecordRelay, decode_thread: ThreadPoolExecutor, live: bool,
+                 checkpoints: bool = False, resume: StreamCheckpoint | None = None):
+        self._checkpoints, self._resume = checkpoints, resume
         self.cfg, self.ops, self.decoder, self.relay = cfg, operators, decoder, relay
         self.stream_id, self.uri = decoder.stream_id, decoder.uri
         self._decode_thread = decode_thread
@@ -105,7 +112,11 @@ class StreamRunner:
         if info is _STOPPED:
             return self._ended_before_open("stopped before the source connected")
         session = StreamSession(self.stream_id, self.uri, self.cfg, info, self.relay,
-                                source_state="streaming" if self.source_is_live else "file")
+                                source_state="streaming" if self.source_is_live else "file",
+                                resume=self._resume, checkpoints=self._checkpoints)
+        if self._resume is not None:
+            log.info("stream %s resumes from its checkpoint at %.2f s (settled %.2f s)", self.stream_id,
+                     self._resume.resume_s, self._resume.settled_s)
         self.relay.progress(0.0, info.duration_s)  # the stream's clock starts now
         transcripts = (TranscriptRequests(self.ops.asr, session)
                        if self.ops.asr is not None and session.segmenter else None)
@@ -190,6 +201,7 @@ class StreamRunner:
 
     async def _process(self, chunk: MediaChunk, session: StreamSession, transcripts: TranscriptRequests | None,
                        inflight_gauge: dict, m) -> None:
+        session.begin_chunk(chunk)
         # Put once; each operator reads its part from the object store, no copy.
         chunk_ref = ray.put(chunk)
         ops = self.ops
@@ -212,6 +224,9 @@ class StreamRunner:
                 fused = await ops.fusion.submit.remote(session.fusion_inputs(windows))
             m.fusion_seconds.observe(time.perf_counter() - started)
             session.on_fused(windows, fused)
+        checkpoint = session.checkpoint(self.decoder.clock.state()) if self._checkpoints else None
+        if checkpoint is not None:
+            self.relay.write(checkpoint)
 
     def _count(self, chunk: MediaChunk) -> None:
         m, label = metrics.get(), self._label

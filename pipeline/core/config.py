@@ -384,8 +384,8 @@ class KafkaTopicsConfig(Section):
     errors: str = "avfuse.errors"
     windows: str = Field("avfuse.windows", description="fused window embeddings (when records.windows)")
     transcripts: str = Field("avfuse.transcripts", description="speech transcripts (when asr runs)")
-    progress: str = Field("avfuse.progress", description="exactly_once: records committed per open stream "
-                                                         "(compacted)")
+    progress: str = Field("avfuse.progress", description="per open stream (compacted): its checkpoint, and "
+                                                         "exactly_once: records committed")
     dead: str = Field("avfuse.dead", description="jobs given up on after kafka.max_stream_retries, with why")
 
 
@@ -455,6 +455,10 @@ class KafkaConfig(Section):
     max_stream_retries: int = Field(3, ge=0, description="transient failures (a lost stream actor, a lost "
                                     "connection) retried before the job goes to topics.dead")
     retry_backoff_s: float = Field(2.0, gt=0, description="first pause before a retry; doubles each time")
+    checkpoint_interval_s: float = Field(30.0, ge=0, description="a media stream (segments) checkpoints every "
+                                         "this many media seconds, at a segment that begins with a keyframe: its "
+                                         "input before it is committed, a restart resumes there (0: never, it runs "
+                                         "again from its first segment); signal profile only")
     topics: KafkaTopicsConfig = KafkaTopicsConfig()
     security: KafkaSecurityConfig = KafkaSecurityConfig()
     uri_policy: UriPolicyConfig = UriPolicyConfig()

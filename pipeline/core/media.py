@@ -151,6 +151,9 @@ class MediaChunk:
     face_frames: VideoFrames | None = None  # frames for the face detector (faces.fps and width), when it runs
     # What happened to the source before this chunk's media (a live source's outage, a PTS jump), in order.
     source_changes: list[SourceChange] = field(default_factory=list)
+    # Fed segments (Kafka media) that begin with a video keyframe, seen in this chunk: (segment index
+    # in feed order, the keyframe's stream time). Decoding can start again at such a segment.
+    keyframe_segments: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

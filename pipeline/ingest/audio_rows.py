@@ -12,6 +12,8 @@ that would overlap a row already cut is dropped, not re-timed.
 
 from __future__ import annotations
 
+import math
+
 import av
 import numpy as np
 
@@ -22,7 +24,12 @@ GAP_TOLERANCE_S = 0.02
 
 
 class AudioRowCutter:
-    def __init__(self, sample_rate_hz: int, row_s: float):
+    """``grid``: (origin_s, step_s), a decoder resumed mid-stream: its first run starts at the first
+    ``origin_s + n * step_s`` at or after its first sample, so that its rows (and the speech windows
+    cut from them) fall where the first decoder's did."""
+
+    def __init__(self, sample_rate_hz: int, row_s: float, grid: tuple[float, float] | None = None):
+        self._grid = grid
         self.sample_rate_hz = sample_rate_hz
         self.row_samples = int(round(sample_rate_hz * row_s))
         self._resampler: av.AudioResampler | None = None
@@ -87,6 +94,18 @@ class AudioRowCutter:
         # A frame that starts under the last row (PTS stepping back a little) begins the run where
         # that row ends; its samples before then are dropped, so no audio is placed twice.
         self._anchor_s = max(t_s, self._last_row_end_s)
+        if self._grid is not None:
+            origin_s, step_s = self._grid
+            start_s = origin_s + math.ceil((self._anchor_s - origin_s) / step_s - 1e-6) * step_s
+            if start_s >= end_s:
+                self._anchor_s = None
+                return False  # all of it lies before the grid's next point
+            self._grid = None
+            # Timed as the first decoder timed them: from the run's origin, counting its rows.
+            self._anchor_s = origin_s
+            self._run_rows = round((start_s - origin_s) * self.sample_rate_hz / self.row_samples)
+            self._skip_samples = int(round((start_s - t_s) * self.sample_rate_hz))
+            return True
         self._skip_samples = int(round((self._anchor_s - t_s) * self.sample_rate_hz))
         return True
 

@@ -83,6 +83,7 @@ class _PendingChunk:
     frames_decoded: int = 0
     errors: list[str] = field(default_factory=list)
     received_wall_s: float = 0.0
+    keyframe_segments: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _pick_stream(streams, best):
@@ -101,11 +102,17 @@ class MediaDecoder:
     leaves both modalities open, and ``end_reason`` says why it ended: "eof" (demuxing just
     stopped: a camera that went away), "timeout" (nothing to read for ``timeouts_s[1]``) or
     "error". A reconnection (``resume_at_s`` given) starts at that stream time, with the first
-    timestamp it decodes as its base."""
+    timestamp it decodes as its base.
+
+    Fed from a SegmentPipe, each chunk names the fed segments that begin with a video keyframe
+    (``keyframe_segments``): a checkpoint resumes at one. A decoder resumed there gets the
+    first decoder's ``clock_state`` (so its PTS map to the same stream times) and ``audio_grid``
+    (so its audio rows fall where the first decoder's did)."""
 
     def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None,
                  source: Any = None, resume_at_s: float | None = None, ends_stream: bool = True,
-                 timeouts_s: tuple[float, float] = (10.0, 30.0), chunk_s: float | None = None):
+                 timeouts_s: tuple[float, float] = (10.0, 30.0), chunk_s: float | None = None,
+                 clock_state: dict | None = None, audio_grid: tuple[float, float] | None = None):
         self.stream_id = stream_id
         self.uri = uri
         self.source = source
@@ -115,6 +122,7 @@ class MediaDecoder:
         self.ends_stream = ends_stream
         self.timeouts_s = timeouts_s
         self.chunk_s = chunk_s or cfg.decode.chunk_s
+        self.clock_state, self.audio_grid = clock_state, audio_grid
         self.container = None
         self.video_stream = self.audio_stream = None
         self.clock = StreamClock()
@@ -162,8 +170,11 @@ class MediaDecoder:
             if s is not None and s.start_time is not None
         ]
         # A file's times count from its start; a live connection's from where the stream had got to.
-        self.clock = (StreamClock(min(starts) if starts else 0.0) if self.resume_at_s is None
-                      else StreamClock(None, self.resume_at_s))
+        if self.clock_state is not None:  # resumed at a checkpoint: the first decoder's times
+            self.clock = StreamClock.restored(self.clock_state)
+        else:
+            self.clock = (StreamClock(min(starts) if starts else 0.0) if self.resume_at_s is None
+                          else StreamClock(None, self.resume_at_s))
         for s in (self.video_stream, self.audio_stream):
             if s is not None:
                 s.thread_type = "AUTO"
@@ -226,7 +237,10 @@ class MediaDecoder:
         clock = self.clock
         source_fps = (self._video_info() or {}).get("avg_fps")
         video_frame_s = 1.0 / source_fps if source_fps else 0.04  # when a frame is due after the last
-        cutter = AudioRowCutter(cfg.audio.sample_rate_hz, cfg.audio.token_s) if self.audio_stream else None
+        cutter = (AudioRowCutter(cfg.audio.sample_rate_hz, cfg.audio.token_s, self.audio_grid)
+                  if self.audio_stream else None)
+        segment_at = getattr(self.source, "segment_at", None)  # a SegmentPipe: where its segments start
+        last_video_segment = -1
         patcher = PatchCutter() if cutter is not None and sound_patches_wanted(cfg) else None
         tag_size = cfg.visual_tags.image_size
         tag_fps = cfg.visual_tags.fps if cfg.visual_tags.enabled else None
@@ -272,7 +286,7 @@ class MediaDecoder:
                 audio_decoded_s=(len(rows) * cfg.audio.token_s) if rows is not None else 0.0,
                 received_wall_s=pending.received_wall_s, errors=pending.errors,
                 tag_frames=tag_frames, audio_patches=patches, face_frames=face_frames,
-                source_changes=clock.take_jumps(),
+                source_changes=clock.take_jumps(), keyframe_segments=pending.keyframe_segments,
             )
             seq += 1
             pending = _PendingChunk(received_wall_s=time.time())
@@ -288,6 +302,12 @@ class MediaDecoder:
                 modality = "video" if is_video else "audio"
                 packet_s = (clock.peek_s(modality, float(packet.pts * packet.time_base))
                             if packet.pts is not None else None)
+                if is_video and segment_at is not None and packet.pos is not None and packet.pos >= 0:
+                    segment = segment_at(packet.pos)
+                    if segment > last_video_segment:  # the segment's first video packet
+                        last_video_segment = segment
+                        if packet.is_keyframe and packet_s is not None:
+                            pending.keyframe_segments.append((segment, packet_s))
                 if is_video and skipper is not None:
                     skipper.before(packet_s)
                 try:

@@ -8,6 +8,7 @@ SegmentPipe, which PyAV reads as a file: decoding continues across messages.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class SegmentPipe:
         self._ended = False
         self._cond = threading.Condition()
         self.bytes_fed = 0
+        self.segment_starts: list[int] = []  # the byte where each fed segment starts, in feed order
 
     def feed(self, data: bytes) -> None:
         with self._cond:
@@ -33,6 +35,7 @@ class SegmentPipe:
                 self._cond.wait()
             if self._ended:
                 return
+            self.segment_starts.append(self.bytes_fed)
             self._buffer += data
             self.bytes_fed += len(data)
             self._cond.notify_all()
@@ -55,6 +58,11 @@ class SegmentPipe:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    def segment_at(self, position: int) -> int:
+        """The index (in feed order) of the segment holding byte ``position``."""
+        with self._cond:
+            return bisect.bisect_right(self.segment_starts, position) - 1
 
 
 @dataclass(frozen=True)

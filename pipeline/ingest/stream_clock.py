@@ -88,6 +88,20 @@ class StreamClock:
         self._shift_s[modality] = shift_s
         return shift_s
 
+    def state(self) -> dict:
+        """What a resumed decoder needs to give the same stream times (a checkpoint keeps it):
+        the shared shift and each modality's, in seconds."""
+        return {"shared_shift_s": self._shared_shift_s, "shift_s": dict(self._shift_s)}
+
+    @classmethod
+    def restored(cls, state: dict) -> "StreamClock":
+        """A clock that maps PTS as the one whose ``state()`` this is did (no jump is pending:
+        the first frame of each modality is due wherever it lands)."""
+        clock = cls(0.0)
+        clock._shared_shift_s = state["shared_shift_s"]
+        clock._shift_s = {modality: float(shift) for modality, shift in state["shift_s"].items()}
+        return clock
+
     def take_jumps(self) -> list[SourceChange]:
         jumps, self.jumps = self.jumps, []
         return jumps

@@ -20,6 +20,14 @@ Progress is read after the producer fenced its previous instance, and again at
 every partition assignment (another replica may have moved it). A finished
 stream's progress is tombstoned once its input offsets are committed.
 
+Checkpoints (both modes, ``pipeline/stream/checkpoint.py``): a media stream's latest
+checkpoint is part of its progress value. Exactly-once: it goes in the next transaction,
+with the stream's input offsets before its resume segment (marked done by the service);
+its ``records_before`` says how many of the stream's records came before it, so a stream
+resumed there counts on from that number and skips up to what its progress had committed.
+At-least-once: the progress value is written and acknowledged before those offsets are done;
+once a finished stream's input is committed its progress is tombstoned.
+
 Everything that touches the producer runs on the sink's sender thread: a
 transaction commit waits there for the broker, never on the service's loop. A
 failed transaction is fatal (the process exits 1); a restart fences the old
@@ -41,6 +49,7 @@ from pipeline.kafka.sink import KafkaSink, client_security, make_producer
 from pipeline.kafka.topics import ensure_topics
 from pipeline.output.records import Record, Transcript
 from pipeline.output.sinks import Sink
+from pipeline.stream.checkpoint import StreamCheckpoint
 
 log = logging.getLogger("avfuse.delivery")
 
@@ -59,6 +68,7 @@ class StreamProgress:
     transcripts: int = 0  # transcript records written so far
     resumed_transcripts: int = 0
     inputs: Inputs = field(default_factory=dict)  # where the stream's messages lie
+    checkpoint: StreamCheckpoint | None = None  # where a media stream resumes (its latest checkpoint)
 
     @property
     def committed_records(self) -> int:
@@ -71,14 +81,21 @@ class StreamProgress:
     def to_json(self) -> bytes:
         return json.dumps({"records": self.committed_records, "transcripts": self.committed_transcripts,
                            "finished": self.finished,
-                           "inputs": [[t, p, first, last] for (t, p), (first, last) in sorted(self.inputs.items())]
+                           "inputs": [[t, p, first, last] for (t, p), (first, last) in sorted(self.inputs.items())],
+                           **({"checkpoint": self.checkpoint.to_dict()} if self.checkpoint is not None else {}),
                            }).encode()
 
     @classmethod
     def from_json(cls, value: bytes) -> "StreamProgress":
         data = json.loads(value)
+        checkpoint = data.get("checkpoint")
         return cls(int(data["records"]), bool(data["finished"]), transcripts=int(data.get("transcripts", 0)),
-                   inputs={(t, int(p)): (int(first), int(last)) for t, p, first, last in data.get("inputs", [])})
+                   inputs={(t, int(p)): (int(first), int(last)) for t, p, first, last in data.get("inputs", [])},
+                   checkpoint=StreamCheckpoint.from_dict(checkpoint) if checkpoint is not None else None)
+
+    def resumable(self) -> StreamCheckpoint | None:
+        """The checkpoint a stream still running resumes from; None once it finished."""
+        return None if self.finished else self.checkpoint
 
     def holds(self, topic: str, partition: int, offset: int) -> bool:
         first_last = self.inputs.get((topic, partition))
@@ -123,31 +140,71 @@ class _CountingSink:
 
 
 class AtLeastOnce:
+    """Progress is kept only for checkpointed media streams: their checkpoint."""
+
     def __init__(self, cfg: KafkaConfig, consumer):
         self.cfg, self.consumer = cfg, consumer
         self.producer = make_producer(cfg)
+        self.progress = _checkpointed(read_progress(cfg))
+        self._reread: dict[str, StreamProgress] | None = None
+        self._committed: dict[tuple[str, int], int] = {}
         self.sink = KafkaSink(self.producer, cfg, resend_failed=True, block_writes=False)
 
-    def stream_sink(self, stream_id: str, shared: Sink) -> Sink:
+    def stream_sink(self, stream_id: str, shared: Sink, resume: StreamCheckpoint | None = None) -> Sink:
         return shared
 
     def finished_before(self, stream_id: str, topic: str, partition: int, offset: int) -> bool:
-        return False  # no progress is kept: a re-delivered stream runs again (same ids)
+        return False  # no record count is kept: a re-delivered stream runs again (same ids)
+
+    def checkpoint_for(self, stream_id: str) -> StreamCheckpoint | None:
+        self._merge_reread()
+        progress = self.progress.get(stream_id)
+        return progress.resumable() if progress is not None else None
+
+    def stamp(self, stream_id: str, checkpoint: StreamCheckpoint) -> None:
+        pass  # nothing is counted
+
+    async def checkpointed(self, stream_id: str, checkpoint: StreamCheckpoint) -> None:
+        """Write the stream's checkpoint and wait for its acknowledgement (raises KafkaError)."""
+        progress = self.progress.setdefault(stream_id, StreamProgress())
+        progress.checkpoint, progress.finished = checkpoint, False
+        value = progress.to_json()
+        handed = self.sink.call_on_sender(
+            lambda: self.producer.send(self.cfg.topics.progress, key=stream_id.encode(), value=value))
+        sent = await asyncio.wrap_future(handed)
+        await asyncio.to_thread(sent.get, self.cfg.delivery_timeout_ms / 1000)
 
     def reassigned(self, committed: dict[tuple[str, int], int]) -> None:
-        pass
+        self._reread = _checkpointed(read_progress(self.cfg))
+
+    def _merge_reread(self) -> None:
+        reread, self._reread = self._reread, None
+        for stream_id, progress in (reread or {}).items():
+            mine = self.progress.get(stream_id)
+            if mine is None or mine.finished:
+                self.progress[stream_id] = progress
 
     def running(self, stream_id: str, inputs: Inputs) -> None:
-        pass
+        if stream_id in self.progress:
+            self.progress[stream_id].inputs = dict(inputs)
 
     def finished(self, stream_id: str) -> None:
-        pass
+        if stream_id in self.progress:
+            self.progress[stream_id].finished = True
 
     async def commit(self, offsets: dict[tuple[str, int], int], on_consumer) -> None:
-        """Commit offsets once every record written before now is acknowledged."""
+        """Commit offsets once every record written before now is acknowledged; then tombstone the
+        checkpoints of finished streams whose input is committed."""
         await self.sink.wait_acked(self.sink.written)
         if offsets:
             await on_consumer(self.consumer.commit, _topic_partition_offsets(offsets))
+            self._committed.update(offsets)
+        for stream_id, p in list(self.progress.items()):
+            if p.finished and p.inputs and all(self._committed.get(tp, -1) > last
+                                                for tp, (_, last) in p.inputs.items()):
+                self.progress.pop(stream_id)
+                self.sink.call_on_sender(lambda sid=stream_id: self.producer.send(
+                    self.cfg.topics.progress, key=sid.encode(), value=None))
 
     def close(self, timeout_s: float) -> None:
         self.sink.close(timeout_s)
@@ -172,20 +229,40 @@ class ExactlyOnce:
         self._tombstones: set[str] = set()
         self._sent_at_last_commit = 0
 
-    def stream_sink(self, stream_id: str, shared: Sink) -> Sink:
+    def stream_sink(self, stream_id: str, shared: Sink, resume: StreamCheckpoint | None = None) -> Sink:
+        """``resume``: the stream runs from its checkpoint, whose records_before came before it."""
         self._merge_reread()
         committed = self.progress.get(stream_id)
         # A finished stream whose id comes again (not its own input) is a new run, not a resumed one.
         resumed = committed is not None and not committed.finished
-        skip = committed.records if resumed else 0
-        skip_transcripts = committed.transcripts if resumed else 0
-        if skip or skip_transcripts:
-            log.info("resuming: skipping the %d records and %d transcripts already committed", skip,
-                     skip_transcripts, extra={"stream_id": stream_id, "stage": "delivery"})
-        progress = self.progress[stream_id] = StreamProgress(resumed_from=skip,
-                                                             resumed_transcripts=skip_transcripts)
+        skip = committed.committed_records if resumed else 0
+        skip_transcripts = committed.committed_transcripts if resumed else 0
+        counted, counted_transcripts = ((resume.records_before, resume.transcripts_before) if resume is not None
+                                        else (0, 0))
+        if skip > counted or skip_transcripts > counted_transcripts:
+            log.info("resuming: skipping the %d records and %d transcripts already committed", skip - counted,
+                     skip_transcripts - counted_transcripts, extra={"stream_id": stream_id, "stage": "delivery"})
+        progress = self.progress[stream_id] = StreamProgress(
+            records=counted, transcripts=counted_transcripts, resumed_from=skip,
+            resumed_transcripts=skip_transcripts, checkpoint=committed.checkpoint if resumed else None)
         self._tombstones.discard(stream_id)
         return _CountingSink(shared, progress, skip, skip_transcripts)
+
+    def checkpoint_for(self, stream_id: str) -> StreamCheckpoint | None:
+        self._merge_reread()
+        progress = self.progress.get(stream_id)
+        return progress.resumable() if progress is not None else None
+
+    def stamp(self, stream_id: str, checkpoint: StreamCheckpoint) -> None:
+        """How many of the stream's records (and transcripts) were written before its checkpoint."""
+        progress = self.progress.get(stream_id)
+        if progress is not None:
+            checkpoint.records_before, checkpoint.transcripts_before = progress.records, progress.transcripts
+
+    async def checkpointed(self, stream_id: str, checkpoint: StreamCheckpoint) -> None:
+        """Durable with the next transaction, in which the offsets the service marks done now go too."""
+        if stream_id in self.progress:
+            self.progress[stream_id].checkpoint = checkpoint
 
     def finished_before(self, stream_id: str, topic: str, partition: int, offset: int) -> bool:
         """Whether this message fed a stream that finished, its input not committed yet."""
@@ -269,6 +346,10 @@ class ExactlyOnce:
         finally:
             self.sink.close(0)
             self.producer.close(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _checkpointed(progress: dict[str, StreamProgress]) -> dict[str, StreamProgress]:
+    return {stream_id: p for stream_id, p in progress.items() if p.checkpoint is not None}
 
 
 def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:

@@ -10,7 +10,11 @@ sink's sender thread (``sink.py``). Per message:
   again once it has room (``redelivery.py``): other streams never wait for it.
 A message's offset is done when the stream it belongs to has ended and every record of
 that stream is acknowledged (``offsets.py``); bad messages become error records and are
-done at once. Delivery (at-least-once or exactly-once with transactions) is the
+done at once. A media stream that never ends checkpoints every ``kafka.checkpoint_interval_s``
+of media (``pipeline/stream/checkpoint.py``): once a checkpoint is durable (with its progress,
+``delivery.py``), the stream's messages before its resume segment are done; after a restart
+the stream starts again at that segment, from the checkpoint's state, and its messages
+before it that are read again are skipped. Delivery (at-least-once or exactly-once with transactions) is the
 Committer's business (``delivery.py``).
 
 A stream whose actor died (the OOM killer, a lost node) runs again after a backoff, up to
@@ -56,6 +60,7 @@ from pipeline.observe import metrics
 from pipeline.observe.exporter import Exporter, Readiness
 from pipeline.output.records import DeadLetter, Error, StreamEnd
 from pipeline.output.sinks import FanoutSink, LogSink, Sink
+from pipeline.stream.checkpoint import CheckpointMismatch, StreamCheckpoint
 from pipeline.stream.speech_segments import transcripts_wanted
 
 log = logging.getLogger("avfuse.service")
@@ -346,7 +351,8 @@ class Service:
         # Options that widen what a job reaches were refused by parse_job. The URI is checked
         # here for a quick refusal; the decoder's egress guard checks every hop of the open.
         self.policy.check(job.uri)
-        stream = ServiceStream(job.stream_id, where, offsets=[where], job=json.loads(message.value))
+        stream = ServiceStream(job.stream_id, where, job=json.loads(message.value))
+        stream.add_offset(where)
         self.streams[job.stream_id] = stream
         self._run(stream, job)
 
@@ -378,10 +384,14 @@ class Service:
             if self.committer.finished_before(stream_id, *where):
                 self.offsets.done(*where)  # a stream finished before a restart, its input not committed yet
                 return
-            stream = ServiceStream(stream_id, where, sequence=SequenceCheck())
+            resume = self._resume_point(stream_id, where)
+            if resume is _BEFORE_CHECKPOINT:
+                self.offsets.done(*where)  # before the stream's checkpoint: done with it
+                return
+            stream = ServiceStream(stream_id, where, sequence=SequenceCheck(), resume=resume)
             self.streams[stream_id] = stream
             self._run(stream)
-        stream.offsets.append(where)
+        stream.add_offset(where)
         self.committer.running(stream_id, stream.inputs())
         problem = stream.sequence.check(seq)
         if problem is not None:
@@ -392,6 +402,7 @@ class Service:
             if "out of order" in problem:
                 return
         if message.value:
+            stream.fed_segment(where)
             stream.feed.put(message.value)
         if eos:
             stream.ended = True
@@ -400,14 +411,15 @@ class Service:
     def _run(self, stream: ServiceStream, job: StartJob | None = None) -> None:
         """Start (or start again) the stream's run on a stream actor."""
         stream_id = stream.stream_id
-        stream.sink = StreamSink(self.committer.stream_sink(stream_id, self.sink), stream.first,
+        stream.sink = StreamSink(self.committer.stream_sink(stream_id, self.sink, stream.resume), stream.first,
                                  *((job.uri, redact(job.uri)) if job is not None else ()))
         if job is None:
             uri = f"kafka://{stream.first[0]}/{stream_id}"
-            stream.actor = self.pipeline.segmented_stream(stream_id, uri)
+            stream.actor = self.pipeline.segmented_stream(stream_id, uri, stream.resume)
             stream.feed = SegmentFeed(stream.actor, self.cfg.kafka.segment_buffer_bytes)
             coro = self.pipeline.run_stream(stream_id, uri, stream.sink, actor=stream.actor, live=True,
-                                            stop=stream.stop, room=self.kafka_sink.room, raise_lost_actor=True)
+                                            stop=stream.stop, room=self.kafka_sink.room, raise_lost_actor=True,
+                                            on_checkpoint=lambda checkpoint: self._on_checkpoint(stream, checkpoint))
         else:
             cfg = None
             if job.live:  # the job's own live.* settings
@@ -419,6 +431,61 @@ class Service:
         self.committer.running(stream_id, stream.inputs())
         stream.task = asyncio.ensure_future(coro)
         stream.task.add_done_callback(self._on_task_done(stream))
+
+    # -- checkpoints (media streams) -------------------------------------------------------
+
+    def _resume_point(self, stream_id: str, where: Where):
+        """The checkpoint a media stream's first message here resumes from; _BEFORE_CHECKPOINT for a
+        message before it; None to run from this message (no checkpoint, or one that is not its)."""
+        checkpoint = self.committer.checkpoint_for(stream_id)
+        if checkpoint is None or checkpoint.input is None:
+            return None
+        at = checkpoint.input
+        if (at["topic"], at["partition"]) != where[:2]:
+            return None
+        if where[2] < at["offset"]:
+            return _BEFORE_CHECKPOINT
+        if where[2] > at["offset"]:
+            log.warning("a checkpoint at offset %d, but the stream's first message is at %d: run from there",
+                        at["offset"], where[2], extra={"stream_id": stream_id, "stage": "checkpoint"})
+            return None
+        try:
+            checkpoint.check_grid(self.cfg)
+        except CheckpointMismatch as exc:  # its times would not be ours: run from here, as a new stream
+            log.error("%s; running it from offset %d as a new stream", exc, where[2],
+                      extra={"stream_id": stream_id, "stage": "checkpoint"})
+            return None
+        log.info("resuming from the checkpoint at offset %d (media %.2f s, settled %.2f s)", where[2],
+                 checkpoint.resume_s, checkpoint.settled_s, extra={"stream_id": stream_id, "stage": "checkpoint"})
+        return checkpoint
+
+    def _on_checkpoint(self, stream: ServiceStream, checkpoint: StreamCheckpoint) -> None:
+        """The stream's actor checkpointed, every record before it written to the sink: store it, then
+        its messages before the resume segment are done."""
+        where = stream.fed.get(checkpoint.resume_segment)
+        if (where is None or stream.sink is None or stream.sink.holding
+                or self.streams.get(stream.stream_id) is not stream):
+            return  # a rebalance holds its records (or took it): the next checkpoint will do
+        topic, partition, offset = where
+        checkpoint.input = {"topic": topic, "partition": partition, "offset": offset}
+        self.committer.stamp(stream.stream_id, checkpoint)
+        storing = asyncio.ensure_future(self._store_checkpoint(stream, checkpoint, where))
+        self._endings.add(storing)
+        storing.add_done_callback(self._endings.discard)
+
+    async def _store_checkpoint(self, stream: ServiceStream, checkpoint: StreamCheckpoint, where: Where) -> None:
+        try:
+            await self.committer.checkpointed(stream.stream_id, checkpoint)
+        except KafkaError as exc:  # at-least-once: its input stays pending until a later checkpoint
+            log.warning("storing a checkpoint failed (%s)", exc, extra={"stream_id": stream.stream_id,
+                                                                         "stage": "checkpoint"})
+            return
+        if self.streams.get(stream.stream_id) is not stream or stream.sink.holding:
+            return
+        for done in stream.checkpointed(checkpoint, where):
+            self.offsets.done(*done)
+        log.info("checkpoint: resumes at offset %d (media %.2f s, settled %.2f s)", where[2], checkpoint.resume_s,
+                 checkpoint.settled_s, extra={"stream_id": stream.stream_id, "stage": "checkpoint"})
 
     def _on_task_done(self, stream: ServiceStream):
         def done(task: asyncio.Task) -> None:
@@ -478,10 +545,19 @@ class Service:
             await asyncio.sleep(backoff_s)
             if self._stopping.is_set() or self.streams.get(stream.stream_id) is not stream:
                 return
+            if stream.stop_requested:  # a stop job came during the backoff: stopping is its end
+                self._forget(stream)
+                for where in stream.offsets:
+                    self.offsets.done(*where)
+                return
             stream.attempt += 1
             if stream.segmented:  # its bytes went with its actor: read its messages again from the first
                 topic, partition, offset = stream.first
-                stream.offsets, stream.sequence, stream.ended = [], SequenceCheck(), False
+                if stream.checkpoint is not None:  # or from its checkpoint: those before it are done
+                    at = stream.checkpoint.input
+                    topic, partition, offset = at["topic"], at["partition"], at["offset"]
+                    stream.resume = stream.checkpoint
+                stream.restart_input()
                 self.redelivery.reread((topic, partition), stream.stream_id, from_offset=offset)
                 self._run(stream)
             else:
@@ -514,9 +590,9 @@ class Service:
         owned = {(tp.topic, tp.partition) for tp in assigned}
         lost = set()
         for stream in list(self.streams.values()):
-            if any((topic, partition) not in owned for topic, partition, _ in stream.offsets):
+            if stream.partitions() - owned:
                 self._loop.call_soon_threadsafe(_cancel, stream)
-                lost.update((topic, partition) for topic, partition, _ in stream.offsets)
+                lost.update(stream.partitions())
             elif stream.sink is not None:
                 self._loop.call_soon_threadsafe(stream.sink.release)
         for topic, partition in lost - owned:
@@ -542,7 +618,7 @@ class Service:
 
     async def _hold_and_commit(self, revoked: set[tuple[str, int]]) -> None:
         for stream in self.streams.values():
-            if stream.sink is not None and any((t, p) in revoked for t, p, _ in stream.offsets):
+            if stream.sink is not None and stream.partitions() & revoked:
                 stream.sink.hold()
         if self._committing is not None and not self._committing.done():
             await asyncio.wait([self._committing])
@@ -565,6 +641,9 @@ class Service:
     def _forget_partitions(self, partitions) -> None:
         for tp in partitions:
             self.redelivery.forget(tp)
+
+
+_BEFORE_CHECKPOINT = object()  # a media message before its stream's checkpoint: done
 
 
 def _cancel(stream: ServiceStream) -> None:

@@ -16,6 +16,7 @@ from pipeline.ingest.segments import SequenceCheck
 from pipeline.kafka.segment_feed import SegmentFeed
 from pipeline.output.records import Error
 from pipeline.output.sinks import Sink
+from pipeline.stream.checkpoint import StreamCheckpoint
 
 Where = tuple[str, int, int]  # topic, partition, offset
 
@@ -35,19 +36,49 @@ class ServiceStream:
     stop_requested: bool = False  # a stop job: stopping is its end, the stream is done
     attempt: int = 1
     job: dict[str, Any] | None = None  # a job stream: how to start it again
-    written_at_end: int = 0  # the shared sink's record count when it ended: acked through it, it is done
+    _spans: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # see inputs()
+    resume: StreamCheckpoint | None = None  # the checkpoint this run started from
+    checkpoint: StreamCheckpoint | None = None  # its latest durable checkpoint
+    fed: dict[int, Where] = field(default_factory=dict)  # segment index (this run's feed order) -> message
+    fed_count: int = 0  # segments fed to this run's actor
+
+    def fed_segment(self, where: Where) -> None:
+        self.fed[self.fed_count] = where
+        self.fed_count += 1
+
+    def checkpointed(self, checkpoint: StreamCheckpoint, where: Where) -> list[Where]:
+        """Its checkpoint, resuming at the message ``where``, is durable: returns the messages
+        before it (done now) and forgets them."""
+        self.checkpoint = checkpoint
+        before = [w for w in self.offsets if w[:2] == where[:2] and w[2] < where[2]]
+        self.offsets = [w for w in self.offsets if not (w[:2] == where[:2] and w[2] < where[2])]
+        for index in [i for i in self.fed if i < checkpoint.resume_segment]:
+            del self.fed[index]
+        return before
 
     @property
     def segmented(self) -> bool:
         return self.job is None
 
+    def add_offset(self, where: Where) -> None:
+        self.offsets.append(where)
+        topic, partition, offset = where
+        first, last = self._spans.get((topic, partition), (offset, offset))
+        self._spans[(topic, partition)] = (min(first, offset), max(last, offset))
+
+    def restart_input(self) -> None:
+        """Run again from its first message: what fed the last attempt no longer counts."""
+        self.offsets, self._spans = [], {}
+        self.sequence, self.ended = SequenceCheck(), False
+        self.fed, self.fed_count = {}, 0
+
     def inputs(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """First and last offset per partition of the messages that fed it."""
-        spans: dict[tuple[str, int], tuple[int, int]] = {}
-        for topic, partition, offset in self.offsets:
-            first, last = spans.get((topic, partition), (offset, offset))
-            spans[(topic, partition)] = (min(first, offset), max(last, offset))
-        return spans
+        """First and last offset per partition of the messages that fed it (kept as they come:
+        an endless stream has many)."""
+        return dict(self._spans)
+
+    def partitions(self) -> set[tuple[str, int]]:
+        return set(self._spans)
 
     def stop_now(self) -> None:
         self.stop.set()
@@ -83,6 +114,10 @@ class StreamSink:
         if isinstance(record, Error) and record.input is None:
             record = dataclasses.replace(record, input=self._input)
         self._inner.write(record, arrived_wall_s)
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None or self.dropped
 
     def hold(self) -> None:
         if self._held is None and not self.dropped:

@@ -102,6 +102,7 @@ class KafkaSink:
         self._written = 0
         self._last_progress_s = time.monotonic()  # the last ack, or when the sink last became busy
         self._closing = False
+        self._in_hand = 0  # taken off the queue by the sender, not yet handed over or failed
         self._resend_after = 0.0  # failed records wait until then: an outage is not a tight loop
         self.fatal: BaseException | None = None  # a failure that must abort the transaction (or the run)
         self.sent = self.acked = self.failures = 0
@@ -171,17 +172,24 @@ class KafkaSink:
                     resend_in_s = self._resend_after - time.monotonic()
                     if self._failed and resend_in_s <= 0:
                         seq, record, arrived_wall_s = self._failed.popleft()
+                        self._in_hand += 1
                         break
                     if self._queue:
                         seq, record, arrived_wall_s = self._queue.popleft()
+                        self._in_hand += 1
                         break
                     if self._closing:
                         return
                     self._lock.wait(resend_in_s if self._failed else None)
-            if seq is None:  # a call: record is the function, arrived_wall_s its future
-                self._run_call(record, arrived_wall_s)
-            else:
-                self._send(seq, record, arrived_wall_s)
+            try:
+                if seq is None:  # a call: record is the function, arrived_wall_s its future
+                    self._run_call(record, arrived_wall_s)
+                else:
+                    self._send(seq, record, arrived_wall_s)
+            finally:
+                with self._lock:
+                    self._in_hand -= 1
+                    self._lock.notify_all()
 
     @staticmethod
     def _run_call(fn, future: concurrent.futures.Future) -> None:
@@ -247,7 +255,7 @@ class KafkaSink:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             while not (not self._unacked or self._unacked[0] >= target):
-                if self.fatal is not None and not self._failed and not self._queue:
+                if self.fatal is not None and not self._failed and not self._queue and not self._in_hand:
                     return False  # every record was tried: one failed for good
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -220,6 +220,11 @@ class WindowAligner:
                 emitted.append(window)
         return emitted
 
+    @property
+    def next_index(self) -> int:
+        """Every window below this index is decided (emitted or skipped)."""
+        return self._next_index
+
     def buffered_rows(self, modality: str | None = None) -> int:
         """Rows held in the buffer, of one modality or of all."""
         states = self.states.values() if modality is None else [self._state(modality)]

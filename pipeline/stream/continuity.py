@@ -23,6 +23,8 @@ def _diff_to_previous(previous: np.ndarray | None, current: np.ndarray, fn) -> n
     """fn(row i-1, row i) for every row, the first against ``previous`` (NaN without one)."""
     if len(current) == 0:
         return np.zeros(0, np.float32)
+    if previous is None and len(current) == 1:  # nothing to compare (a resumed stream's first chunk can be one frame)
+        return np.full(1, np.nan, np.float32)
     before = current[:-1] if previous is None else np.concatenate([previous[None], current[:-1]])
     after = current[1:] if previous is None else current
     values = np.asarray(fn(before, after), np.float32)

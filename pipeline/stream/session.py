@@ -9,7 +9,9 @@ detectors read is built in ``continuity.py``; what a window's records say, in ``
 
 from __future__ import annotations
 
+import math
 import time
+from collections import deque
 
 import numpy as np
 
@@ -26,9 +28,17 @@ from pipeline.core.media import (
     StreamInfo,
 )
 from pipeline.observe import metrics
-from pipeline.output.records import Error, Event, StreamEnd, StreamStart, Transcript, transcript_id
+from pipeline.output.records import Error, Event, StreamEnd, StreamStart, Transcript, Window, transcript_id
 from pipeline.output.sinks import Sink
 from pipeline.stream.alignment import AlignedWindow, TimedRows, WindowAligner, WindowSpec
+from pipeline.stream.checkpoint import (
+    ResumeRule,
+    StreamCheckpoint,
+    audio_grid_step_s,
+    checkpoints_supported,
+    grid_constants,
+    warm_up_s,
+)
 from pipeline.stream.continuity import FeatureContinuity
 from pipeline.stream.detectors.bank import DetectorBank
 from pipeline.stream.face_events import FaceEvents
@@ -43,10 +53,37 @@ from pipeline.stream.understanding import Understanding, fuses_tagger_tokens, ta
 from pipeline.stream.window_facts import is_filled, is_visible, window_record
 
 
+class _Replaying:
+    """A resumed session's sink: while its media is still before the checkpoint, only events,
+    windows and transcripts pass (the session judged them by the ResumeRule); everything else
+    (periodic records, errors) was written by the run before the checkpoint."""
+
+    def __init__(self, inner: Sink, rule: ResumeRule):
+        self._inner, self._rule = inner, rule
+
+    def write(self, record, arrived_wall_s: float | None = None) -> None:
+        if self._rule.replaying and not isinstance(record, (Event, Window, Transcript)):
+            return
+        self._inner.write(record, arrived_wall_s)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class StreamSession:
+    """``resume``: a checkpoint this run starts from (its media from the checkpoint's resume_s on):
+    what the first run wrote is not written again (``checkpoint.ResumeRule``) and the summary
+    carries on. ``checkpoints``: take them (a stream fed in segments, which says where they begin
+    with a keyframe); ``checkpoint()`` after each chunk returns one when due."""
+
     def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink,
-                 source_state: str = "file"):
-        self.stream_id, self.uri, self.cfg, self.info, self.sink = stream_id, uri, cfg, info, sink
+                 source_state: str = "file", resume: StreamCheckpoint | None = None, checkpoints: bool = False):
+        self.stream_id, self.uri, self.cfg, self.info = stream_id, uri, cfg, info
+        self._rule = ResumeRule(resume) if resume is not None else None
+        self.sink = sink = _Replaying(sink, self._rule) if self._rule is not None else sink
         # The face counts are one more modality, so that a window is cut once its face frames are in.
         face_modality = ("faces",) if cfg.faces.enabled else ()
         self.aligner = WindowAligner(stream_id, WindowSpec(cfg.align.window_s, cfg.align.hop_s),
@@ -86,9 +123,36 @@ class StreamSession:
         self._label = metrics.stream_label(stream_id)
         self._late_counted = dict.fromkeys(self.aligner.stats.late_rows, 0)
         self.closed = False
-        sink.write(StreamStart(stream_id, uri, time.time(), info.duration_s, info.video, info.audio))
+        self._checkpoints = checkpoints and checkpoints_supported(cfg) is None
+        self._keyframes: deque[tuple[int, float]] = deque()  # (segment, stream time) decoding can start at
+        self._written: list[tuple[float, str]] = []  # (start_s, id) of events written, start >= last settled
+        self._settled_s = -math.inf
+        self._audio_origin_s: float | None = None  # start of the current contiguous run of audio rows
+        self._audio_next_s: float | None = None
+        interval_s = cfg.kafka.checkpoint_interval_s
+        if resume is None:
+            self._next_checkpoint_s, self._last_resume_s = interval_s, -math.inf
+            sink.write(StreamStart(stream_id, uri, time.time(), info.duration_s, info.video, info.audio))
+            return
+        # Resumed: the first run wrote the stream's start, and everything up to the checkpoint.
+        self._next_checkpoint_s, self._last_resume_s = resume.processed_s + interval_s, resume.resume_s
+        self.summary.restore(resume.summary)
+        self.events, self.frames_decoded, self.frames_kept = resume.events, resume.frames_decoded, resume.frames_kept
+        self._written = [(float(start_s), event_id) for start_s, event_id in resume.emitted_after_settled]
+        self._settled_s = resume.settled_s
+        if resume.audio_grid is not None:
+            self._audio_origin_s = resume.audio_grid["origin_s"]
+        if self.curves is not None and resume.signals_from_s is not None:
+            self.curves.resume_from(resume.signals_from_s)
 
     # -- per chunk -------------------------------------------------------------------
+
+    def begin_chunk(self, chunk: MediaChunk) -> None:
+        """Before anything else of a chunk (its tags, faces, encodings)."""
+        if self._rule is not None:
+            self._rule.begin_chunk(max(chunk.video_watermark_s, chunk.audio_watermark_s))
+        if self._checkpoints:
+            self._keyframes.extend(chunk.keyframe_segments)
 
     def on_chunk(self, chunk: MediaChunk, video: EncodedVideo | None,
                  audio: EncodedAudio | None) -> list[AlignedWindow]:
@@ -97,7 +161,8 @@ class StreamSession:
         self.on_source_changes(chunk.source_changes)
         for reason in chunk.errors:
             self.sink.write(Error(self.stream_id, "decode", reason, uri=self.uri, at=time.time()))
-        self.frames_decoded += chunk.frames_decoded
+        if self._rule is None or not self._rule.replaying:  # the first run counted those
+            self.frames_decoded += chunk.frames_decoded
         if video is not None:
             self._on_video(video)
         if audio is not None:
@@ -108,6 +173,7 @@ class StreamSession:
             speech = self.detectors.on_speech(audio.speech)
             self._emit(speech)
         if chunk.audio is not None and len(chunk.audio):
+            self._note_audio_run(chunk.audio.start_s, chunk.audio.row_s)
             self._segment_speech(chunk, audio, speech)
         for modality, watermark_s, done in (("video", chunk.video_watermark_s, chunk.video_done),
                                             ("audio", chunk.audio_watermark_s, chunk.audio_done),
@@ -167,7 +233,7 @@ class StreamSession:
 
     def on_transcript(self, segment: SpeechSegment, transcription, arrived_wall_s: float | None) -> None:
         """The ASR stage's answer for ``segment`` (``operators.asr.Transcription``; None: no speech heard)."""
-        if transcription is None:
+        if transcription is None or (self._rule is not None and not self._rule.keeps_transcript(segment.start_s)):
             return
         words = [{"word": w.word, "start_s": round(max(0.0, w.start_s), 3), "end_s": round(max(0.0, w.end_s), 3),
                   "probability": round(min(1.0, max(0.0, w.probability)), 4)} for w in transcription.words]
@@ -197,7 +263,8 @@ class StreamSession:
             self.aligner.add("faces", TimedRows(faces.t_s, {"count": faces.count}))
 
     def _on_video(self, video: EncodedVideo) -> None:
-        self.frames_kept += len(video.t_s)
+        if self._rule is None or not self._rule.replaying:
+            self.frames_kept += len(video.t_s)
         series = self.continuity.video_series(video)
         self.video_end_s = float(video.t_s[-1]) + 1.0 / self.cfg.video.fps
         self._emit(self.detectors.on_video(series))
@@ -224,6 +291,8 @@ class StreamSession:
     def _pop_windows(self) -> list[AlignedWindow]:
         windows = self.aligner.pop_ready()
         self._emit(self.understanding.on_windows(windows))
+        if self._rule is not None:  # the first run fused and wrote these
+            windows = [w for w in windows if self._rule.keeps_window(w.index)]
         partial = sum(w.partial for w in windows)
         self.summary.add_windows(len(windows), partial)
         m = metrics.get()
@@ -236,6 +305,12 @@ class StreamSession:
 
     def _emit(self, events: list[Event]) -> None:
         for event in events:
+            if self._checkpoints and event.start_s >= self._settled_s:
+                self._written.append((event.start_s, event.event_id))
+            if self._rule is not None and not self._rule.keeps_event(event.start_s, event.event_id):
+                if event.label == "scene_cut":
+                    self._emit(self.understanding.on_scene_cut(event.start_s))
+                continue  # written by the run before the checkpoint
             self.events += 1
             self.summary.add_event(event)
             self.sink.write(event, self.media_arrived_wall_s)
@@ -276,6 +351,54 @@ class StreamSession:
         for window, embedding in zip(windows, fused.embedding):
             self.sink.write(window_record(self.stream_id, window, embedding, self.cfg, self.fuses_tagger_tokens,
                                           self.understanding.window_text(window)), self.media_arrived_wall_s)
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def _note_audio_run(self, starts_s: np.ndarray, row_s: float) -> None:
+        """Follow where the current contiguous run of audio rows began: a resumed decoder cuts its
+        rows (and the speech windows) on that run's grid."""
+        gaps = np.flatnonzero(np.diff(starts_s) > row_s + 1e-6)
+        if self._audio_origin_s is None or (self._audio_next_s is not None
+                                            and abs(starts_s[0] - self._audio_next_s) > 1e-6):
+            self._audio_origin_s = float(starts_s[0])
+        if len(gaps):
+            self._audio_origin_s = float(starts_s[gaps[-1] + 1])
+        self._audio_next_s = float(starts_s[-1]) + row_s
+
+    def checkpoint(self, clock_state: dict) -> StreamCheckpoint | None:
+        """After a chunk is done (its windows fused, its records written): a checkpoint when one is
+        due and a keyframe segment lies far enough back; else None. ``clock_state``: the decoder's
+        StreamClock.state()."""
+        if not self._checkpoints or self.processed_s < self._next_checkpoint_s:
+            return None
+        pending = [p for p in (self.detectors.pending_from_s(),
+                               self.sync.pending_from_s() if self.sync is not None else None) if p is not None]
+        settled_s = min([self.processed_s, *pending])
+        self._settled_s = max(self._settled_s, settled_s)
+        self._written = [(start_s, event_id) for start_s, event_id in self._written if start_s >= self._settled_s]
+        warm_s = warm_up_s(self.cfg) + (self.cfg.av_sync.horizon_s if self.cfg.av_sync.enabled else 0.0)
+        limit_s = min(self._settled_s, self.aligner.spec.start_s(self.aligner.next_index)) - warm_s
+        if self.curves is not None:  # its bins from there on are whole in the resumed run
+            limit_s = min(limit_s, self.curves.emitted_s - self.curves.step_s)
+        resume = None
+        while self._keyframes and self._keyframes[0][1] <= limit_s:
+            resume = self._keyframes.popleft()
+        if resume is None or resume[1] <= self._last_resume_s:
+            return None
+        self._next_checkpoint_s = self.processed_s + self.cfg.kafka.checkpoint_interval_s
+        self._last_resume_s = resume[1]
+        audio_grid = None
+        if self._audio_origin_s is not None:
+            audio_grid = {"origin_s": self._audio_origin_s, "step_s": audio_grid_step_s(
+                self.cfg.audio.token_s, self.cfg.audio.sample_rate_hz, SPEECH_WINDOW_S)}
+        return StreamCheckpoint(
+            self.stream_id, resume_s=resume[1], settled_s=self._settled_s, processed_s=self.processed_s,
+            next_window=self.aligner.next_index, clock=clock_state, audio_grid=audio_grid,
+            summary=self.summary.state(), events=self.events, frames_decoded=self.frames_decoded,
+            frames_kept=self.frames_kept,
+            emitted_after_settled=[[start_s, event_id] for start_s, event_id in self._written],
+            signals_from_s=self.curves.emitted_s if self.curves is not None else None,
+            grid=grid_constants(self.cfg), at=time.time(), resume_segment=resume[0])
 
     # -- end -------------------------------------------------------------------------
 

@@ -52,6 +52,15 @@ class SignalCurves:
         self._emitted = 0  # bins before this one are in records already
         self._last = -1  # the highest bin with a sample
 
+    @property
+    def emitted_s(self) -> float:
+        """Every bin before this time is in a record already."""
+        return self._emitted * self.step_s
+
+    def resume_from(self, emitted_s: float) -> None:
+        """A resumed run: the bins before ``emitted_s`` were written by the first run."""
+        self._emitted = max(self._emitted, int(round(emitted_s / self.step_s)))
+
     def _index(self, t_s: np.ndarray) -> np.ndarray:
         return np.floor(np.asarray(t_s, dtype=np.float64) / self.step_s).astype(np.int64)
 

@@ -4,7 +4,6 @@ of stream time and once more, final, at the end of the stream."""
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
 from collections import Counter
 from typing import Callable
@@ -31,7 +30,7 @@ class TopMoments:
     def __init__(self, limit: int):
         self.limit = limit
         self._heap: list[tuple[float, float, int, dict]] = []
-        self._arrivals = itertools.count()
+        self._added = 0  # events offered so far: the next one's arrival number
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -39,7 +38,8 @@ class TopMoments:
     def add(self, event: Event) -> None:
         if self.limit <= 0:
             return
-        key = (event.confidence, -event.start_s, -next(self._arrivals))
+        key = (event.confidence, -event.start_s, -self._added)
+        self._added += 1
         if len(self._heap) >= self.limit and key <= self._heap[0][:3]:
             return  # no better than the weakest kept
         moment = {"label": event.label, "start_s": event.start_s, "end_s": event.end_s,
@@ -48,6 +48,16 @@ class TopMoments:
             heapq.heappush(self._heap, (*key, moment))
         else:
             heapq.heapreplace(self._heap, (*key, moment))
+
+    def state(self) -> dict:
+        """The kept moments with their ranks, and how many were added (a checkpoint keeps it)."""
+        return {"kept": [[c, neg_start, neg_arrival, moment] for c, neg_start, neg_arrival, moment in self._heap],
+                "added": self._added}
+
+    def restore(self, state: dict) -> None:
+        self._heap = [(float(c), float(s), int(a), dict(m)) for c, s, a, m in state["kept"]]
+        heapq.heapify(self._heap)
+        self._added = int(state["added"])
 
     def listed(self) -> list[dict]:
         """The kept moments by start_s; equal starts in rank order (confidence, then arrival)."""
@@ -78,6 +88,26 @@ class SummaryTracker:
         self.source_state = "file"  # a live source's state (pipeline/ingest/live_source.py)
         self.outages, self.outage_s = 0, 0.0
         self._next_due_s = every_s
+
+    def state(self) -> dict:
+        """The running counters, small and JSON (a checkpoint keeps them; ``restore`` takes them back).
+        Not in it: the wall clock (a resumed run's own) and the A/V offset estimate (from the
+        resumed run's windows only)."""
+        return {"counts": dict(self.counts), "durations_s": dict(self.durations_s), "top": self.top.state(),
+                "windows": self.windows, "partial_windows": self.partial_windows, "processed_s": self.processed_s,
+                "words": self.words, "language_s": dict(self.language_s), "source_state": self.source_state,
+                "outages": self.outages, "outage_s": self.outage_s, "next_due_s": self._next_due_s}
+
+    def restore(self, state: dict) -> None:
+        self.counts = Counter({k: int(v) for k, v in state["counts"].items()})
+        self.durations_s.update({k: float(v) for k, v in state["durations_s"].items()})
+        self.top.restore(state["top"])
+        self.windows, self.partial_windows = int(state["windows"]), int(state["partial_windows"])
+        self.processed_s, self.words = float(state["processed_s"]), int(state["words"])
+        self.language_s = Counter({k: float(v) for k, v in state["language_s"].items()})
+        self.source_state = state["source_state"]
+        self.outages, self.outage_s = int(state["outages"]), float(state["outage_s"])
+        self._next_due_s = float(state["next_due_s"])
 
     def add_event(self, event: Event) -> None:
         self.counts[event.label] += 1

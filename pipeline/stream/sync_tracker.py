@@ -154,6 +154,10 @@ class SyncTracker:
             return []
         return self._close()
 
+    def pending_from_s(self) -> float | None:
+        """The start of the av_desync being built; None when none is."""
+        return None if self._open is None else self._open.start_s
+
     def finish(self) -> list[Event]:
         """Close an open av_desync at the end of its last window."""
         return self._close() if self._open is not None else []
