@@ -57,6 +57,9 @@ log = logging.getLogger("avfuse.delivery")
 # transaction (read_committed stops at it) before going on with what was read.
 PROGRESS_READ_TIMEOUT_S = 30.0
 
+# An at-least-once offset commit gives up after this (the offsets go with the next one).
+COMMIT_TIMEOUT_MS = 5000
+
 Inputs = dict[tuple[str, int], tuple[int, int]]  # (topic, partition) -> first and last offset of a stream
 
 
@@ -197,7 +200,8 @@ class AtLeastOnce:
         checkpoints of finished streams whose input is committed."""
         await self.sink.wait_acked(self.sink.written)
         if offsets:
-            await on_consumer(self.consumer.commit, _topic_partition_offsets(offsets))
+            # Bounded: the consumer's one thread also polls, and the loop waits on that.
+            await on_consumer(self.consumer.commit, _topic_partition_offsets(offsets), timeout_ms=COMMIT_TIMEOUT_MS)
             self._committed.update(offsets)
         for stream_id, p in list(self.progress.items()):
             if p.finished and p.inputs and all(self._committed.get(tp, -1) > last
@@ -355,13 +359,21 @@ def _checkpointed(progress: dict[str, StreamProgress]) -> dict[str, StreamProgre
 def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:
     """Every stream's committed progress, read to the end of the (compacted) progress topic."""
     from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaTimeoutError
 
     ensure_topics(cfg, [cfg.topics.progress], {"cleanup.policy": "compact"})
     consumer = KafkaConsumer(client_id=f"{cfg.client_id}-progress", group_id=None, enable_auto_commit=False,
                              isolation_level="read_committed", **client_security(cfg))
     try:
+        # A topic created a moment ago may not be in this client's metadata yet.
+        known_by = time.monotonic() + PROGRESS_READ_TIMEOUT_S
+        while not consumer.partitions_for_topic(cfg.topics.progress):
+            if time.monotonic() > known_by:
+                raise KafkaTimeoutError(f"topic {cfg.topics.progress} has no partitions in the broker's metadata")
+            consumer.topics()  # asks the broker again
+            time.sleep(0.2)
         partitions = [TopicPartition(cfg.topics.progress, p)
-                      for p in sorted(consumer.partitions_for_topic(cfg.topics.progress) or [])]
+                      for p in sorted(consumer.partitions_for_topic(cfg.topics.progress))]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)

@@ -131,7 +131,7 @@ class Service:
         while not self._stopping.is_set():
             await self._apply_flow()
             try:
-                batches = await self._on_consumer(self.consumer.poll, timeout_ms=200)
+                batches = await self._polled()
             except KafkaError as exc:  # the broker is away: streams go on, records wait in the sink
                 log.warning("polling failed (%s); retrying", exc, extra={"stage": "consume"})
                 self.readiness.set("kafka", False, f"polling failed: {exc}")
@@ -162,6 +162,18 @@ class Service:
             raise ServiceError(None, f"{self._cluster_lost}; exiting, to be restarted and join it again")
         await self._drain()
         return 0
+
+    async def _polled(self) -> dict:
+        """One poll, or nothing once SIGTERM came: a consumer thread busy with a broker that is away
+        (a commit timing out) must not hold the drain back."""
+        poll = asyncio.ensure_future(self._on_consumer(self.consumer.poll, timeout_ms=200))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait([poll, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not poll.done():
+            poll.add_done_callback(lambda f: f.cancelled() or f.exception())  # its messages come again later
+            return {}
+        return poll.result()
 
     async def _heartbeat(self) -> None:
         """/healthz: the loop answers (a loop frozen by a blocking call would not beat)."""
@@ -304,8 +316,9 @@ class Service:
     async def _close_clients(self, deadline: float, shutdown_pipeline: bool = True) -> None:
         closing = asyncio.ensure_future(asyncio.to_thread(self.committer.close, max(0.0, _left(deadline) * 0.6)))
         await _wait_within([closing], deadline)
-        await _wait_within([asyncio.ensure_future(self._on_consumer(self.consumer.close, autocommit=False))],
-                           deadline + 2)
+        closing_ms = int(max(0.5, _left(deadline)) * 1000)
+        await _wait_within([asyncio.ensure_future(self._on_consumer(self.consumer.close, autocommit=False,
+                                                                    timeout_ms=closing_ms))], deadline + 2)
         if shutdown_pipeline:
             self.pipeline.shutdown()
 
