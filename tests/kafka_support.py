@@ -203,3 +203,25 @@ def segment_messages(stream_id: str, segments: list[bytes], skip_seq: int | None
         headers = [("seq", str(seq).encode())] + ([("eos", b"1")] if i == len(segments) - 1 else [])
         messages.append((stream_id.encode(), data, headers))
     return messages
+
+
+def latest_values(broker, topic: str) -> dict[str, bytes | None]:
+    """Each key's last value on a (compacted) topic, read committed, to its end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        latest: dict[str, bytes | None] = {}
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=500).values():
+                for message in messages:
+                    latest[message.key.decode()] = message.value
+        return latest
+    finally:
+        consumer.close()

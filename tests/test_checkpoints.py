@@ -24,7 +24,7 @@ from pipeline.kafka.delivery import StreamProgress
 from pipeline.output.records import Event
 from pipeline.stream.checkpoint import CheckpointMismatch, ResumeRule, StreamCheckpoint, grid_constants
 from pipeline.stream.summary import SummaryTracker
-from tests.kafka_support import Reader, Service, segment_messages, stream_ends
+from tests.kafka_support import Reader, Service, latest_values, segment_messages, stream_ends
 
 CHECKPOINT_SCHEMA = json.loads(resources.files("pipeline.output").joinpath(
     "schemas", "checkpoint.schema.json").read_text())
@@ -174,26 +174,6 @@ def _committed(broker, group: str, topic: str) -> int:
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0)
 
 
-def _latest_value(broker, topic: str, key: str) -> bytes | None:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed")
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        latest = None
-        deadline = time.monotonic() + 20
-        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
-            for messages in consumer.poll(timeout_ms=300).values():
-                latest = next((m.value for m in reversed(messages) if m.key == key.encode()), latest)
-        return latest
-    finally:
-        consumer.close()
-
-
 class _Camera(threading.Thread):
     """Produces a stream's segments at SPEED_X times media speed (one segment a second of media)."""
 
@@ -256,7 +236,7 @@ def test_a_live_stream_commits_as_it_goes_and_resumes_from_its_checkpoint_after_
         service.kill()
         before_kill = _settle(reader)
         assert sid not in stream_ends(before_kill)
-        checkpoint_value = json.loads(_latest_value(kafka_broker, topics["progress"], sid))["checkpoint"]
+        checkpoint_value = json.loads(latest_values(kafka_broker, topics["progress"]).get(sid))["checkpoint"]
         jsonschema.validate(checkpoint_value, CHECKPOINT_SCHEMA)
         checkpoint = StreamCheckpoint.from_dict(checkpoint_value)
         assert checkpoint.input["offset"] >= committed_while_running > 0

@@ -10,7 +10,16 @@ import uuid
 from collections import Counter
 
 from pipeline.app.sample import ClipSpec, write_clip
-from tests.kafka_support import Reader, Service, job, produce, segment_messages, stream_ends, ts_segments
+from tests.kafka_support import (
+    Reader,
+    Service,
+    job,
+    latest_values,
+    produce,
+    segment_messages,
+    stream_ends,
+    ts_segments,
+)
 from tests.service_probe import http_status, kill_stream_actors, metric_total
 
 
@@ -90,30 +99,8 @@ def test_exactly_once_a_job_finished_behind_a_long_one_is_not_run_again_after_a_
         assert not repeated, (sid, repeated)
     assert "already done before a restart" in log, log
     # Once their input is committed, finished streams leave the progress topic (tombstones).
-    progress = _latest_values(kafka_broker, f"{prefix}.progress")
+    progress = latest_values(kafka_broker, f"{prefix}.progress")
     assert progress.get("short", b"?") is None and progress.get("long", b"?") is None, progress
-
-
-def _latest_values(broker, topic: str) -> dict[str, bytes | None]:
-    """Each key's last value on a (compacted) topic, read committed, to its end."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed")
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        latest: dict[str, bytes | None] = {}
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
-            for messages in consumer.poll(timeout_ms=500).values():
-                for message in messages:
-                    latest[message.key.decode()] = message.value
-        return latest
-    finally:
-        consumer.close()
 
 
 def test_exactly_once_a_segment_gap_is_reported_once_across_a_kill(kafka_broker, clips, tmp_path):

@@ -72,6 +72,7 @@ class StreamProgress:
     resumed_transcripts: int = 0
     inputs: Inputs = field(default_factory=dict)  # where the stream's messages lie
     checkpoint: StreamCheckpoint | None = None  # where a media stream resumes (its latest checkpoint)
+    here: bool = False  # a run of it started in this process (not only read from the topic)
 
     @property
     def committed_records(self) -> int:
@@ -170,7 +171,7 @@ class AtLeastOnce:
     async def checkpointed(self, stream_id: str, checkpoint: StreamCheckpoint) -> None:
         """Write the stream's checkpoint and wait for its acknowledgement (raises KafkaError)."""
         progress = self.progress.setdefault(stream_id, StreamProgress())
-        progress.checkpoint, progress.finished = checkpoint, False
+        progress.checkpoint, progress.finished, progress.here = checkpoint, False, True
         value = progress.to_json()
         handed = self.sink.call_on_sender(
             lambda: self.producer.send(self.cfg.topics.progress, key=stream_id.encode(), value=value))
@@ -184,7 +185,7 @@ class AtLeastOnce:
         reread, self._reread = self._reread, None
         for stream_id, progress in (reread or {}).items():
             mine = self.progress.get(stream_id)
-            if mine is None or mine.finished:
+            if mine is None or mine.finished or not mine.here:
                 self.progress[stream_id] = progress
 
     def running(self, stream_id: str, inputs: Inputs) -> None:
@@ -248,7 +249,7 @@ class ExactlyOnce:
                      skip_transcripts - counted_transcripts, extra={"stream_id": stream_id, "stage": "delivery"})
         progress = self.progress[stream_id] = StreamProgress(
             records=counted, transcripts=counted_transcripts, resumed_from=skip,
-            resumed_transcripts=skip_transcripts, checkpoint=committed.checkpoint if resumed else None)
+            resumed_transcripts=skip_transcripts, checkpoint=committed.checkpoint if resumed else None, here=True)
         self._tombstones.discard(stream_id)
         return _CountingSink(shared, progress, skip, skip_transcripts)
 
@@ -296,7 +297,9 @@ class ExactlyOnce:
         self._committed.update(self._committed_seen)
         for stream_id, progress in reread.items():
             mine = self.progress.get(stream_id)
-            if mine is None or mine.finished:  # a stream running here keeps its own count
+            # A stream running here keeps its own count; what was only read before (at start, or at
+            # an earlier assignment) is older than what was just read.
+            if mine is None or mine.finished or not mine.here:
                 self.progress[stream_id] = progress
 
     async def commit(self, offsets: dict[tuple[str, int], int], on_consumer=None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pipeline.observe import metrics
 from pipeline.observe.exporter import Exporter, Readiness
+from pipeline.observe.metrics_compaction import process_exists
 
 log = logging.getLogger("avfuse.exporter")
 
@@ -35,20 +36,10 @@ log = logging.getLogger("avfuse.exporter")
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
 def dead_processes(folder: str | Path) -> set[int]:
     """Pids that have live-gauge files in ``folder`` but no longer exist."""
     pids = {int(m.group(1)) for name in os.listdir(folder) if (m := _LIVE_GAUGE_FILE.match(name))}
-    return {pid for pid in pids if not _alive(pid)}
+    return {pid for pid in pids if not process_exists(pid)}
 
 
 def reap_dead_processes(folder: str | Path) -> set[int]:
