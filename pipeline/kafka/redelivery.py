@@ -89,11 +89,6 @@ class Redelivery:
         self._position.update(seeks)
         return seeks
 
-    def forget_stream(self, stream_id: str) -> None:
-        """A stream that ended: its later messages are new (a segment after eos is an error)."""
-        for streams in self._deferred.values():
-            streams.pop(stream_id, None)
-
     def forget(self, tp: Partition) -> None:
         """A partition this consumer no longer owns."""
         for table in (self._read_up_to, self._deferred, self._seeks, self._position):

@@ -62,6 +62,3 @@ class SegmentFeed:
                     self.buffered_bytes -= len(data)
         except Exception:  # the actor died: its stream's task reports it
             log.debug("feeding a stream actor failed", exc_info=True)
-
-    def cancel(self) -> None:
-        self._task.cancel()

@@ -335,12 +335,12 @@ class Service:
         except (BadJob, UriRefused, _BadSegment) as exc:
             self._bad_message(message, where, exc.reason if hasattr(exc, "reason") else str(exc))
 
-    def _bad_message(self, message, where: Where, reason: str, sink: Sink | None = None) -> None:
+    def _bad_message(self, message, where: Where, reason: str) -> None:
         topic, partition, offset = where
         key = message.key.decode("utf-8", "replace") if message.key else f"{topic}:{partition}:{offset}"
         self._m.kafka_bad_messages.labels(topic, reason.split(":")[0][:40]).inc()
-        (sink or self.sink).write(Error(key or "-", "input", reason,
-                                        input={"topic": topic, "partition": partition, "offset": offset}))
+        self.sink.write(Error(key or "-", "input", reason,
+                              input={"topic": topic, "partition": partition, "offset": offset}))
         self.offsets.done(*where)
 
     def _on_job(self, message, where: Where) -> None:
