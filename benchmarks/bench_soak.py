@@ -187,18 +187,28 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-MEMORY = {"rss": "Rss:", "pss": "Pss:", "anon": "Anonymous:"}  # kind -> its smaps_rollup line
+SMAPS_MEMORY = {"rss": "Rss:", "pss": "Pss:", "anon": "Anonymous:"}  # kind -> its smaps_rollup line
+# RSS split by what backs it (/proc/<pid>/status): pages of mapped files (libraries, the venv's .so files)
+# and of shared memory (Ray's object store is a shared mapping each worker touches page by page).
+STATUS_MEMORY = {"rss_file": "RssFile:", "rss_shmem": "RssShmem:"}
+MEMORY = {**SMAPS_MEMORY, **STATUS_MEMORY}
+
+
+def _read_kinds(path: str, kinds: dict[str, str], found: dict[str, int]) -> None:
+    with open(path) as f:
+        for line in f:
+            for kind, prefix in kinds.items():
+                if line.startswith(prefix):
+                    found[kind] = int(line.split()[1]) * 1024
 
 
 def process_memory(pid: int) -> dict[str, int] | None:
-    """Bytes of each MEMORY kind of one process, from smaps_rollup (cheap: the kernel sums it); None once gone."""
-    found = {}
+    """Bytes of each MEMORY kind of one process, from smaps_rollup and status (cheap: the kernel sums them);
+    None once gone."""
+    found: dict[str, int] = {}
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                for kind, prefix in MEMORY.items():
-                    if line.startswith(prefix):
-                        found[kind] = int(line.split()[1]) * 1024
+        _read_kinds(f"/proc/{pid}/smaps_rollup", SMAPS_MEMORY, found)
+        _read_kinds(f"/proc/{pid}/status", STATUS_MEMORY, found)
     except OSError:
         return None
     return found if len(found) == len(MEMORY) else None
@@ -261,7 +271,7 @@ def run_soak(bootstrap_broker: Broker, media: Path, media_s: float, work: Path, 
     service = Service(bootstrap_broker, prefix, work, f"profile={profile}", *sets)
     reader = Reader(bootstrap_broker, [service.topics["summaries"], service.topics["errors"]])
     samples: list[Sample] = []
-    per_process: dict[int, list[int]] = {}  # pid -> [first RSS after warm-up, last RSS]
+    per_process: dict[int, list[dict[str, int]]] = {}  # pid -> [its memory at the first sample after warm-up, at the last]
     names: dict[int, str] = {}
     warm_up_s = warm_up_media_s(media_s)
     try:
@@ -308,7 +318,7 @@ def run_soak(bootstrap_broker: Broker, media: Path, media_s: float, work: Path, 
                     for pid, m in memory.items():
                         if pid not in per_process:
                             names[pid] = process_name(pid)
-                        per_process.setdefault(pid, [m["rss"], m["rss"]])[1] = m["rss"]
+                        per_process.setdefault(pid, [m, m])[1] = m
                 log(f"  {sample.wall_s:7.0f} s wall  {position_s / 3600:6.3f} h media  "
                     + "  ".join(f"{kind.upper()} {totals[kind] / MIB:7.1f} MiB" for kind in MEMORY)
                     + f"  {sample.processes} processes"
@@ -337,7 +347,8 @@ def figures(samples: list[Sample], end: dict, summary: dict, errors: list[str], 
     x = np.array([s.media_s / 3600 for s in steady])
     slopes = {kind: least_squares_slope(x, np.array([s.memory_bytes[kind] / MIB for s in steady])) for kind in MEMORY}
     first, last = (steady[0], steady[-1]) if steady else (None, None)
-    growth = sorted(((rss_last - rss_first, pid) for pid, (rss_first, rss_last) in per_process.items()), reverse=True)
+    growth = sorted(((last_m["rss"] - first_m["rss"], pid, {kind: last_m[kind] - first_m[kind] for kind in STATUS_MEMORY})
+                     for pid, (first_m, last_m) in per_process.items()), reverse=True)
     scrape_ratio = scrape_end_s / scrape_start_s if scrape_start_s else None
     return {
         "profile": profile,
@@ -363,8 +374,9 @@ def figures(samples: list[Sample], end: dict, summary: dict, errors: list[str], 
         "scrape_ratio": round(scrape_ratio, 2) if scrape_ratio is not None else None,
         "scrape_flat": scrape_start_s is not None
                        and scrape_end_s <= SCRAPE_FLAT_RATIO * scrape_start_s + SCRAPE_FLAT_SLACK_S,
-        "top_rss_growth": [{"pid": pid, "process": names.get(pid, "?"), "mib": round(delta / MIB, 1)}
-                           for delta, pid in growth[:3]],
+        "top_rss_growth": [{"pid": pid, "process": names.get(pid, "?"), "mib": round(delta / MIB, 1),
+                            **{f"{kind}_mib": round(by_kind[kind] / MIB, 1) for kind in STATUS_MEMORY}}
+                           for delta, pid, by_kind in growth[:3]],
         "errors": errors[:5],
         # What the stream's final summary says it saw: the media did what it should (a long frozen_video, no silence).
         "final_summary": {key: summary.get(key) for key in ("final", "counts_by_label", "frozen_s", "silence_s",
@@ -388,8 +400,8 @@ def report(f: dict) -> None:
           f"{num(f['rss_start_mib'], '.1f')} MiB  end {num(f['rss_end_mib'], '.1f')} MiB  "
           f"slope {num(f['rss_slope_mib_per_media_hour'], '+.2f')} MiB per hour of media "
           f"(target <= {SLOPE_TARGET_MIB_PER_H:g}: {verdict})")
-    for kind in ("pss", "anon"):
-        print(f"  {kind.upper():<4} after the warm-up {num(f[f'{kind}_start_mib'], '.1f')} MiB  end "
+    for kind in ("pss", "anon", *STATUS_MEMORY):
+        print(f"  {kind.upper():<9} after the warm-up {num(f[f'{kind}_start_mib'], '.1f')} MiB  end "
               f"{num(f[f'{kind}_end_mib'], '.1f')} MiB  slope {num(f[f'{kind}_slope_mib_per_media_hour'], '+.2f')} "
               "MiB per hour of media")
     print(f"  processes in the service's tree: {num(f['processes_start'])} -> {num(f['processes_end'])}")
@@ -399,7 +411,8 @@ def report(f: dict) -> None:
           f"{'yes' if f['scrape_flat'] else 'NO'})")
     if f["top_rss_growth"]:
         print("  most RSS growth after the warm-up: " + "; ".join(
-            f"{g['process']} (pid {g['pid']}) {g['mib']:+.1f} MiB" for g in f["top_rss_growth"]))
+            f"{g['process']} (pid {g['pid']}) {g['mib']:+.1f} MiB (file {g['rss_file_mib']:+.1f}, "
+            f"shmem {g['rss_shmem_mib']:+.1f})" for g in f["top_rss_growth"]))
     seen = f["final_summary"]
     tags = "; ".join(f"{what}: " + ", ".join(f"{t['label']} {t['seconds']:.0f}s" for t in (seen.get(key) or [])[:3])
                      for what, key in (("heard", "audio_tags"), ("seen", "visual_tags")) if seen.get(key))

@@ -33,9 +33,12 @@ CHECKPOINT_SCHEMA = json.loads(resources.files("pipeline.output").joinpath(
 # -- media: a live camera's segments, cut at keyframes ------------------------------------------
 
 def write_live_clip(path, duration_s: float, width: int = 160, height: int = 120, fps: int = 25,
-                    rate_hz: int = 16000):
+                    rate_hz: int = 16000, frame_at=None, samples_at=None):
     """The sample timeline (pipeline.app.sample) over and over, every PERIOD_S: a cut, a flash and a
-    beep, a silence, black frames and a still picture each period; one keyframe a second (GOP 1 s)."""
+    beep, a silence, black frames and a still picture each period; one keyframe a second (GOP 1 s).
+    ``frame_at(t_s, width, height)`` (rgb24) and ``samples_at(t_s array)`` (float) replace it."""
+    frame_at = frame_at or (lambda t_s, w, h: video_frame_at(t_s % PERIOD_S, w, h))
+    samples_at = samples_at or (lambda t_s: audio_signal(t_s % PERIOD_S))
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
@@ -46,12 +49,12 @@ def write_live_clip(path, duration_s: float, width: int = 160, height: int = 120
         items += [(n / rate_hz, "audio", n) for n in range(0, int(duration_s * rate_hz), 1024)]
         for _, kind, value in sorted(items):
             if kind == "video":
-                frame = av.VideoFrame.from_ndarray(video_frame_at(value % PERIOD_S, width, height), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(frame_at(value, width, height), format="rgb24")
                 frame.pts, frame.time_base = int(round(value * 1000)), Fraction(1, 1000)
                 out.mux(video.encode(frame))
             else:
                 n = min(1024, int(duration_s * rate_hz) - value)
-                samples = audio_signal((np.arange(value, value + n) / rate_hz) % PERIOD_S)[None, :]
+                samples = samples_at(np.arange(value, value + n) / rate_hz).astype(np.float32)[None, :]
                 frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
                 frame.sample_rate, frame.pts, frame.time_base = rate_hz, value, Fraction(1, rate_hz)
                 out.mux(audio.encode(frame))

@@ -5,9 +5,10 @@ media, so that its input can be committed as it goes and a restart resumes near 
 not from its first segment. Named times (stream clock seconds):
 
 resume_s   -- R, where a fed segment begins with a video keyframe: decoding starts there again.
-settled_s  -- S, every event starting before it was written (no condition open before it), at
-              least ``warm_up_s`` after R: the resumed run's detectors, fed from R, see again
-              what they need to decide events from S on as the first run did.
+settled_s  -- S, every event starting before it was written (no condition open before it, but
+              those the checkpoint carries), at least ``warm_up_s`` after R: the resumed run's
+              detectors, fed from R, see again what they need to decide events from S on as
+              the first run did.
 processed_s -- how far the stream had got when the checkpoint was taken (its records so far
               were written before it).
 
@@ -16,6 +17,12 @@ starting before S, nor one of the events starting after S that were already writ
 are in the checkpoint), no window below ``next_window``, and no other record until it passes
 processed_s. Its summary counters carry on from the checkpoint's. Event ids are
 (stream, label, start): an event after the checkpoint keeps its id.
+
+Conditions kept as running statistics (black, frozen, silence: ``DetectorBank.open_spans``) do
+not hold S back: the checkpoint carries them as they were at processed_s, and the resumed run's
+detectors take them over when its media reaches processed_s (replacing the run that their
+warm-up opened at R), so an event that began hours before R ends with its first start and with
+statistics over all of it. A frozen camera does not stop its stream's commits.
 
 Pure Python: the session takes checkpoints, the stream actor resumes from one, the Kafka service
 stores them (``pipeline/kafka/delivery.py``). Schema: ``pipeline/output/schemas/checkpoint.schema.json``.
@@ -27,6 +34,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pipeline.output.records import event_id as event_id_of
 
 SCHEMA = "avfuse.checkpoint/1"
 
@@ -83,6 +92,9 @@ class StreamCheckpoint:
     # [start_s, event_id] of the events written that start at or after S
     emitted_after_settled: list[list] = field(default_factory=list)
     signals_from_s: float | None = None  # signal curves written up to here
+    # detector name -> its open span's state (Span.state()) at processed_s; None: carries none (an
+    # older checkpoint, whose settled_s counts every open condition)
+    open_spans: dict[str, dict] | None = None
     grid: dict[str, float] = field(default_factory=dict)  # grid_constants() it was taken under
     input: dict[str, Any] | None = None  # the resume segment's message: {"topic", "partition", "offset"}
     records_before: int = 0
@@ -124,15 +136,23 @@ class ResumeRule:
     def __init__(self, checkpoint: StreamCheckpoint):
         self.checkpoint = checkpoint
         self._written = {event_id for _, event_id in checkpoint.emitted_after_settled}
+        # The carried conditions end after processed_s with the first run's start (before S).
+        self._carried = {event_id_of(checkpoint.stream_id, label, span["start_s"])
+                         for label, span in (checkpoint.open_spans or {}).items()}
         self.replaying = True  # until the media passes the checkpoint's processed_s
 
-    def begin_chunk(self, chunk_end_s: float) -> None:
-        """Before each chunk: ``chunk_end_s`` is how far it reaches (its higher watermark)."""
-        if chunk_end_s > self.checkpoint.processed_s:
+    def begin_chunk(self, chunk_end_s: float) -> bool:
+        """Before each chunk: ``chunk_end_s`` is how far it reaches (its higher watermark). True for
+        the first chunk past processed_s: the carried open spans are taken over before it."""
+        if self.replaying and chunk_end_s > self.checkpoint.processed_s:
             self.replaying = False
+            return True
+        return False
 
     def keeps_event(self, start_s: float, event_id: str) -> bool:
-        return start_s >= self.checkpoint.settled_s and event_id not in self._written
+        if event_id in self._written:
+            return False
+        return start_s >= self.checkpoint.settled_s or (not self.replaying and event_id in self._carried)
 
     def keeps_window(self, index: int) -> bool:
         return index >= self.checkpoint.next_window

@@ -149,8 +149,10 @@ class StreamSession:
 
     def begin_chunk(self, chunk: MediaChunk) -> None:
         """Before anything else of a chunk (its tags, faces, encodings)."""
-        if self._rule is not None:
-            self._rule.begin_chunk(max(chunk.video_watermark_s, chunk.audio_watermark_s))
+        if self._rule is not None and self._rule.begin_chunk(max(chunk.video_watermark_s, chunk.audio_watermark_s)):
+            carried = self._rule.checkpoint.open_spans
+            if carried is not None:  # the first run's open conditions, as they were at processed_s
+                self.detectors.adopt_open_spans(carried)
         if self._checkpoints:
             self._keyframes.extend(chunk.keyframe_segments)
 
@@ -371,7 +373,8 @@ class StreamSession:
         StreamClock.state()."""
         if not self._checkpoints or self.processed_s < self._next_checkpoint_s:
             return None
-        pending = [p for p in (self.detectors.pending_from_s(),
+        # Conditions the checkpoint carries (open_spans) do not hold the settled time back.
+        pending = [p for p in (self.detectors.pending_from_s(carried=False),
                                self.sync.pending_from_s() if self.sync is not None else None) if p is not None]
         settled_s = min([self.processed_s, *pending])
         self._settled_s = max(self._settled_s, settled_s)
@@ -398,6 +401,7 @@ class StreamSession:
             frames_kept=self.frames_kept,
             emitted_after_settled=[[start_s, event_id] for start_s, event_id in self._written],
             signals_from_s=self.curves.emitted_s if self.curves is not None else None,
+            open_spans=self.detectors.open_spans(),
             grid=grid_constants(self.cfg), at=time.time(), resume_segment=resume[0])
 
     # -- end -------------------------------------------------------------------------

@@ -49,6 +49,17 @@ class Span:
         self.total += other.total
         self.steps += other.steps
 
+    def state(self) -> dict:
+        """Its running statistics as JSON values (a checkpoint carries an open span)."""
+        return {"start_s": self.start_s, "end_s": self.end_s, "peak": self.peak if self.steps else None,
+                "total": self.total, "steps": self.steps, "context": dict(self.context)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Span":
+        peak = state["peak"]
+        return cls(float(state["start_s"]), float(state["end_s"]), -math.inf if peak is None else float(peak),
+                   float(state["total"]), int(state["steps"]), dict(state.get("context") or {}))
+
     @property
     def max(self) -> float:
         """The peak value, 0.0 before any."""

@@ -122,6 +122,15 @@ class SilenceDetector(_AudioDetector):
     def pending_from_s(self) -> float | None:
         return None if self._silence is None else self._silence.start_s
 
+    carries_open_span = True  # a checkpoint carries its open silence (DetectorBank.open_spans)
+
+    def open_span(self) -> Span | None:
+        return self._silence
+
+    def adopt_open_span(self, span: Span | None) -> None:
+        """A resumed run takes the first run's open silence as it was at the checkpoint."""
+        self._silence = span
+
     def _close(self, end_s: float, closed_by: str) -> list[Event]:
         silence, self._silence = self._silence, None
         start_s = silence.start_s

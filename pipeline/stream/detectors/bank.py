@@ -14,6 +14,10 @@ Contract of the bank:
 - ``pending_from_s`` is the earliest start of a condition still open. No event returned later
   starts before it; None means every later event starts at or after the last t_s fed.
 - ``finish`` closes what is still open at the end of the media.
+- ``open_spans`` / ``adopt_open_spans``: the open conditions kept as running statistics (black,
+  frozen, silence), so that a checkpoint carries them: a picture frozen for hours does not hold a
+  stream's checkpoints back. The others (cut candidates, motion bursts, loud onsets, speech) hold
+  a checkpoint's settled time back while open (``pending_from_s(carried=False)``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pipeline.core.media import SpeechProbs
 from pipeline.output.records import Event
 from pipeline.stream.detectors.audio import AudioSeries, LoudOnsetDetector, SilenceDetector
 from pipeline.stream.detectors.speech import SpeechDetector
-from pipeline.stream.detectors.video import VideoDetectors, VideoSeries
+from pipeline.stream.detectors.video import VideoDetectors, VideoSeries, carries_open_span
+from pipeline.stream.spans import Span
 
 __all__ = ["AudioSeries", "DetectorBank", "DetectorInputError", "VideoSeries"]
 
@@ -100,10 +105,28 @@ class DetectorBank:
         """The start of the speech still open (not yet an event); None when none is, or speech is off."""
         return self._speech[0].pending_from_s() if self._speech else None
 
-    def pending_from_s(self) -> float | None:
-        starts = [self._video.pending_from_s()] + [d.pending_from_s() for d in self._audio + self._speech]
+    def pending_from_s(self, carried: bool = True) -> float | None:
+        """The earliest start of a condition still open; ``carried`` False: of those ``open_spans``
+        does not carry."""
+        starts = [self._video.pending_from_s(carried)] + [
+            d.pending_from_s() for d in self._audio + self._speech if carried or not carries_open_span(d)]
         starts = [s for s in starts if s is not None]
         return min(starts) if starts else None
+
+    def _carriers(self) -> list:
+        return [d for d in self._video.detectors + self._audio + self._speech if carries_open_span(d)]
+
+    def open_spans(self) -> dict[str, dict]:
+        """The open conditions a checkpoint carries, by detector name (= event label): running statistics."""
+        return {d.name: span.state() for d in self._carriers() if (span := d.open_span()) is not None}
+
+    def adopt_open_spans(self, spans: dict[str, dict]) -> None:
+        """A resumed run, at the checkpoint's processed time: the first run's open conditions replace
+        what its own warm-up opened (a run it began at the resume point, not at the real start); one
+        the first run had not open there is dropped."""
+        for detector in self._carriers():
+            state = spans.get(detector.name)
+            detector.adopt_open_span(Span.from_state(state) if state is not None else None)
 
     def _check_order(self, modality: str, t_s: np.ndarray) -> None:
         if self._finished:

@@ -269,6 +269,15 @@ class _RunDetector:
     def pending_from_s(self) -> float | None:
         return None if self._run is None else self._run.start_s
 
+    carries_open_span = True  # a checkpoint carries its open run (DetectorBank.open_spans)
+
+    def open_span(self) -> Span | None:
+        return self._run
+
+    def adopt_open_span(self, span: Span | None) -> None:
+        """A resumed run takes the first run's open run as it was at the checkpoint."""
+        self._run = span
+
     def forget_frames(self) -> None:
         """A gap: no frame before it is compared with one after it."""
 
@@ -336,6 +345,10 @@ class FrozenVideoDetector(_RunDetector):
         self._previous = None
 
 
+def carries_open_span(detector) -> bool:
+    return getattr(detector, "carries_open_span", False)
+
+
 class VideoDetectors:
     """The enabled video detectors of one stream and the cut decision they share."""
 
@@ -388,8 +401,10 @@ class VideoDetectors:
             events += detector.finish(end_s)
         return events
 
-    def pending_from_s(self) -> float | None:
-        starts = [d.pending_from_s() for d in self.detectors]
+    def pending_from_s(self, carried: bool = True) -> float | None:
+        """The earliest start of a condition still open; ``carried`` False: of those a checkpoint
+        does not carry (DetectorBank.open_spans)."""
+        starts = [d.pending_from_s() for d in self.detectors if carried or not carries_open_span(d)]
         if self._stage is not None:
             starts.append(self._stage.pending_from_s())
         starts = [s for s in starts if s is not None]
