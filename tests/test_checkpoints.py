@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from pipeline.app.sample import DURATION_S as PERIOD_S
 from pipeline.app.sample import audio_signal, video_frame_at
 from pipeline.kafka.delivery import StreamProgress
-from pipeline.output.records import Event
+from pipeline.output.records import Event, transcript_id
 from pipeline.stream.checkpoint import CheckpointMismatch, ResumeRule, StreamCheckpoint, grid_constants
 from pipeline.stream.summary import SummaryTracker
 from tests.kafka_support import Reader, Service, latest_values, segment_messages, stream_ends
@@ -93,7 +93,8 @@ def _checkpoint(summary: SummaryTracker, **changes) -> StreamCheckpoint:
     fields = dict(stream_id="cam", resume_s=40.0, settled_s=52.5, processed_s=60.0, next_window=56,
                   clock={"shared_shift_s": -1.4, "shift_s": {"video": -1.4, "audio": -1.4}},
                   audio_grid={"origin_s": 0.0, "step_s": 0.8}, summary=summary.state(), events=12,
-                  emitted_after_settled=[[53.0, _event("scene_cut", 53.0, 53.0).event_id]], signals_from_s=50.0,
+                  emitted_after_settled=[[53.0, _event("scene_cut", 53.0, 53.0).event_id],
+                                         [54.0, transcript_id("cam", 54.0)]], signals_from_s=50.0,
                   grid=grid_constants(load_config(None, ["profile=signal"], environ={})),
                   input={"topic": "t.media", "partition": 0, "offset": 41}, records_before=300, at=time.time())
     return StreamCheckpoint(**{**fields, **changes})
@@ -154,8 +155,10 @@ def test_a_resumed_run_writes_nothing_the_run_before_its_checkpoint_wrote():
     assert not rule.keeps_event(before.start_s, before.event_id)
     assert not rule.keeps_event(written_after.start_s, written_after.event_id)
     assert rule.keeps_event(open_at_checkpoint.start_s, open_at_checkpoint.event_id)
+    assert not rule.keeps_transcript(54.0, transcript_id("cam", 54.0))  # written before, after settled_s
     assert not rule.keeps_window(55) and rule.keeps_window(56)
-    assert not rule.keeps_transcript(50.0) and rule.keeps_transcript(53.0)
+    assert not rule.keeps_transcript(50.0, transcript_id("cam", 50.0)) and rule.keeps_transcript(
+        53.0, transcript_id("cam", 53.0))
     rule.begin_chunk(60.0)
     assert rule.replaying  # other records (summaries, errors) only once the media passes processed_s
     rule.begin_chunk(64.0)

@@ -224,7 +224,9 @@ class StreamRunner:
                 fused = await ops.fusion.submit.remote(session.fusion_inputs(windows))
             m.fusion_seconds.observe(time.perf_counter() - started)
             session.on_fused(windows, fused)
-        checkpoint = session.checkpoint(self.decoder.clock.state()) if self._checkpoints else None
+        checkpoint = (session.checkpoint(self.decoder.clock.state(),
+                                         transcripts.pending_from_s() if transcripts is not None else None)
+                      if self._checkpoints else None)
         if checkpoint is not None:
             self.relay.write(checkpoint)
 

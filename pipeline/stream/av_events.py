@@ -90,6 +90,17 @@ class AVEventDetector:
     def close(self) -> list[Event]:
         return [self._event(name, span) for name, span in self._spans.close_all()]
 
+    def state(self) -> dict:
+        """What a checkpoint carries: the open concepts' spans."""
+        return {"spans": self._spans.state()}
+
+    def adopt(self, state: dict) -> None:
+        self._spans.adopt(state["spans"])
+
+    def open_event_ids(self) -> list[str]:
+        return [event_id(self.stream_id, f"{LABEL}/{name}", round(span.start_s, 3))
+                for name, span in self._spans.open.items()]
+
     def _on_window(self, window: AlignedWindow) -> list[tuple[str, Span]]:
         present, found = {}, {}
         for concept in self.concepts:

@@ -18,11 +18,12 @@ are in the checkpoint), no window below ``next_window``, and no other record unt
 processed_s. Its summary counters carry on from the checkpoint's. Event ids are
 (stream, label, start): an event after the checkpoint keeps its id.
 
-Conditions kept as running statistics (black, frozen, silence: ``DetectorBank.open_spans``) do
-not hold S back: the checkpoint carries them as they were at processed_s, and the resumed run's
-detectors take them over when its media reaches processed_s (replacing the run that their
-warm-up opened at R), so an event that began hours before R ends with its first start and with
-statistics over all of it. A frozen camera does not stop its stream's commits.
+Conditions kept as running statistics (black, frozen, silence: ``DetectorBank.open_spans``;
+the taggers' spans and totals, the open scene and A/V concepts: ``Understanding.state``) do not
+hold S back: the checkpoint carries them as they were at processed_s, and the resumed run takes
+them over when its media reaches processed_s (replacing what its replay from R built), so an
+event that began hours before R ends with its first start and with statistics over all of it.
+A frozen camera, or music that never stops, does not stop its stream's commits.
 
 Pure Python: the session takes checkpoints, the stream actor resumes from one, the Kafka service
 stores them (``pipeline/kafka/delivery.py``). Schema: ``pipeline/output/schemas/checkpoint.schema.json``.
@@ -34,8 +35,6 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from pipeline.output.records import event_id as event_id_of
 
 SCHEMA = "avfuse.checkpoint/1"
 
@@ -59,13 +58,11 @@ def warm_up_s(cfg) -> float:
 
 
 def checkpoints_supported(cfg) -> str | None:
-    """None when the stream's open state is all in a checkpoint; else why it takes none (the
-    taggers', faces' and learned heads' spans and transcripts in flight are not in it yet)."""
+    """None when the stream's open state is all in a checkpoint; else why it takes none (faces'
+    and learned heads' spans are not in it yet)."""
     if cfg.kafka.checkpoint_interval_s <= 0:
         return "kafka.checkpoint_interval_s is 0"
-    running = [name for name, on in (("sound_tags", cfg.sound_tags.enabled), ("visual_tags", cfg.visual_tags.enabled),
-                                     ("faces", cfg.faces.enabled), ("event_head", cfg.event_head.checkpoint),
-                                     ("asr", cfg.asr.enabled)) if on]
+    running = [name for name, on in (("faces", cfg.faces.enabled), ("event_head", cfg.event_head.checkpoint)) if on]
     return f"{', '.join(running)} keep state a checkpoint does not hold" if running else None
 
 
@@ -89,12 +86,15 @@ class StreamCheckpoint:
     events: int  # events written so far
     frames_decoded: int = 0  # so far (stream_end counts on from these)
     frames_kept: int = 0
-    # [start_s, event_id] of the events written that start at or after S
+    # [start_s, id] of the events and transcripts written that start at or after S
     emitted_after_settled: list[list] = field(default_factory=list)
     signals_from_s: float | None = None  # signal curves written up to here
     # detector name -> its open span's state (Span.state()) at processed_s; None: carries none (an
     # older checkpoint, whose settled_s counts every open condition)
     open_spans: dict[str, dict] | None = None
+    # the taggers' open spans and totals, the open scene, the open A/V concepts (Understanding.state())
+    understanding: dict[str, dict] | None = None
+    open_event_ids: list[str] = field(default_factory=list)  # of the events the carried state will end
     grid: dict[str, float] = field(default_factory=dict)  # grid_constants() it was taken under
     input: dict[str, Any] | None = None  # the resume segment's message: {"topic", "partition", "offset"}
     records_before: int = 0
@@ -137,8 +137,7 @@ class ResumeRule:
         self.checkpoint = checkpoint
         self._written = {event_id for _, event_id in checkpoint.emitted_after_settled}
         # The carried conditions end after processed_s with the first run's start (before S).
-        self._carried = {event_id_of(checkpoint.stream_id, label, span["start_s"])
-                         for label, span in (checkpoint.open_spans or {}).items()}
+        self._carried = set(checkpoint.open_event_ids)
         self.replaying = True  # until the media passes the checkpoint's processed_s
 
     def begin_chunk(self, chunk_end_s: float) -> bool:
@@ -157,11 +156,16 @@ class ResumeRule:
     def keeps_window(self, index: int) -> bool:
         return index >= self.checkpoint.next_window
 
-    def keeps_transcript(self, start_s: float) -> bool:
-        return start_s >= self.checkpoint.settled_s
+    def keeps_transcript(self, start_s: float, transcript_id: str) -> bool:
+        return start_s >= self.checkpoint.settled_s and transcript_id not in self._written
 
 
-def audio_grid_step_s(token_s: float, sample_rate_hz: int, vad_window_s: float) -> float:
-    """The audio rows' grid a resumed decoder keeps: a whole number of rows and of speech windows."""
-    row, window = round(token_s * sample_rate_hz), round(vad_window_s * sample_rate_hz)
-    return math.lcm(row, window) / sample_rate_hz
+def audio_grid_step_s(token_s: float, sample_rate_hz: int, vad_window_s: float,
+                      patch_hop_s: float | None = None) -> float:
+    """The audio rows' grid a resumed decoder keeps: a whole number of rows, of speech windows and
+    (``patch_hop_s``: the sound tagger's patches start every hop from a run's first sample) of
+    patch hops, so that rows, VAD windows and patches fall where the first run's fell."""
+    steps = [round(token_s * sample_rate_hz), round(vad_window_s * sample_rate_hz)]
+    if patch_hop_s is not None:
+        steps.append(round(patch_hop_s * sample_rate_hz))
+    return math.lcm(*steps) / sample_rate_hz

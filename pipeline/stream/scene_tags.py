@@ -21,7 +21,7 @@ from collections import deque
 import numpy as np
 
 from pipeline.core.media import ClassScores
-from pipeline.output.records import Event
+from pipeline.output.records import Event, event_id
 from pipeline.stream.tag_events import TagTotals, Vocabulary
 
 LABEL = "scene"
@@ -61,6 +61,20 @@ class SceneTags:
         self._count_until(float("inf"))
         end_s = end_s if end_s is not None else last_t_s
         return [self._close(end_s)] if end_s > self._start_s else []
+
+    def state(self) -> dict:
+        """What a checkpoint carries: the open scene (its start, index, totals) and the frames waiting."""
+        return {"start_s": self._start_s, "index": self._index, "totals": self._totals.state(),
+                "waiting": [[t_s, [[i, v] for i, v in scores.items()]] for t_s, scores in self._waiting]}
+
+    def adopt(self, state: dict) -> None:
+        self._start_s, self._index = float(state["start_s"]), int(state["index"])
+        self._totals = TagTotals(self.vocabulary, self.tag_min)
+        self._totals.restore(state["totals"])
+        self._waiting = deque((float(t_s), {int(i): v for i, v in scores}) for t_s, scores in state["waiting"])
+
+    def open_event_ids(self) -> list[str]:
+        return [event_id(self.stream_id, LABEL, round(self._start_s, 3))]
 
     def _count_until(self, t_s: float) -> None:
         while self._waiting and self._waiting[0][0] < t_s:

@@ -27,6 +27,9 @@ from pipeline.core.media import (
     SourceChange,
     StreamInfo,
 )
+from pipeline.ingest.audio_patches import HOP_SAMPLES as PATCH_HOP_SAMPLES
+from pipeline.ingest.audio_patches import SAMPLE_RATE_HZ as PATCH_RATE_HZ
+from pipeline.ingest.audio_patches import sound_patches_wanted
 from pipeline.observe import metrics
 from pipeline.output.records import Error, Event, StreamEnd, StreamStart, Transcript, Window, transcript_id
 from pipeline.output.sinks import Sink
@@ -125,7 +128,8 @@ class StreamSession:
         self.closed = False
         self._checkpoints = checkpoints and checkpoints_supported(cfg) is None
         self._keyframes: deque[tuple[int, float]] = deque()  # (segment, stream time) decoding can start at
-        self._written: list[tuple[float, str]] = []  # (start_s, id) of events written, start >= last settled
+        # (start_s, id) of the events and transcripts written that start at or after the last settled time
+        self._written: list[tuple[float, str]] = []
         self._settled_s = -math.inf
         self._audio_origin_s: float | None = None  # start of the current contiguous run of audio rows
         self._audio_next_s: float | None = None
@@ -150,9 +154,11 @@ class StreamSession:
     def begin_chunk(self, chunk: MediaChunk) -> None:
         """Before anything else of a chunk (its tags, faces, encodings)."""
         if self._rule is not None and self._rule.begin_chunk(max(chunk.video_watermark_s, chunk.audio_watermark_s)):
-            carried = self._rule.checkpoint.open_spans
-            if carried is not None:  # the first run's open conditions, as they were at processed_s
-                self.detectors.adopt_open_spans(carried)
+            checkpoint = self._rule.checkpoint  # the first run's open state, as it was at processed_s
+            if checkpoint.open_spans is not None:
+                self.detectors.adopt_open_spans(checkpoint.open_spans)
+            if checkpoint.understanding is not None:
+                self.understanding.adopt(checkpoint.understanding)
         if self._checkpoints:
             self._keyframes.extend(chunk.keyframe_segments)
 
@@ -235,12 +241,16 @@ class StreamSession:
 
     def on_transcript(self, segment: SpeechSegment, transcription, arrived_wall_s: float | None) -> None:
         """The ASR stage's answer for ``segment`` (``operators.asr.Transcription``; None: no speech heard)."""
-        if transcription is None or (self._rule is not None and not self._rule.keeps_transcript(segment.start_s)):
+        record_id = transcript_id(self.stream_id, segment.start_s)
+        if self._checkpoints and transcription is not None and segment.start_s >= self._settled_s:
+            self._written.append((segment.start_s, record_id))
+        if transcription is None or (self._rule is not None
+                                     and not self._rule.keeps_transcript(segment.start_s, record_id)):
             return
         words = [{"word": w.word, "start_s": round(max(0.0, w.start_s), 3), "end_s": round(max(0.0, w.end_s), 3),
                   "probability": round(min(1.0, max(0.0, w.probability)), 4)} for w in transcription.words]
         record = Transcript(
-            self.stream_id, transcript_id(self.stream_id, segment.start_s), round(segment.start_s, 3),
+            self.stream_id, record_id, round(segment.start_s, 3),
             round(segment.end_s, 3), transcription.text, transcription.language,
             round(min(1.0, transcription.language_probability), 4), words,
             round(min(0.0, transcription.avg_logprob), 4), round(min(1.0, transcription.no_speech_prob), 4),
@@ -367,15 +377,18 @@ class StreamSession:
             self._audio_origin_s = float(starts_s[gaps[-1] + 1])
         self._audio_next_s = float(starts_s[-1]) + row_s
 
-    def checkpoint(self, clock_state: dict) -> StreamCheckpoint | None:
+    def checkpoint(self, clock_state: dict, transcripts_from_s: float | None = None) -> StreamCheckpoint | None:
         """After a chunk is done (its windows fused, its records written): a checkpoint when one is
         due and a keyframe segment lies far enough back; else None. ``clock_state``: the decoder's
-        StreamClock.state()."""
+        StreamClock.state(); ``transcripts_from_s``: the earliest start of a speech segment whose
+        transcript is not written yet (a resumed run transcribes it again)."""
         if not self._checkpoints or self.processed_s < self._next_checkpoint_s:
             return None
         # Conditions the checkpoint carries (open_spans) do not hold the settled time back.
         pending = [p for p in (self.detectors.pending_from_s(carried=False),
-                               self.sync.pending_from_s() if self.sync is not None else None) if p is not None]
+                               self.sync.pending_from_s() if self.sync is not None else None,
+                               transcripts_from_s,
+                               min((g.start_s for g in self._speech_segments), default=None)) if p is not None]
         settled_s = min([self.processed_s, *pending])
         self._settled_s = max(self._settled_s, settled_s)
         self._written = [(start_s, event_id) for start_s, event_id in self._written if start_s >= self._settled_s]
@@ -392,8 +405,9 @@ class StreamSession:
         self._last_resume_s = resume[1]
         audio_grid = None
         if self._audio_origin_s is not None:
+            patch_hop_s = PATCH_HOP_SAMPLES / PATCH_RATE_HZ if sound_patches_wanted(self.cfg) else None
             audio_grid = {"origin_s": self._audio_origin_s, "step_s": audio_grid_step_s(
-                self.cfg.audio.token_s, self.cfg.audio.sample_rate_hz, SPEECH_WINDOW_S)}
+                self.cfg.audio.token_s, self.cfg.audio.sample_rate_hz, SPEECH_WINDOW_S, patch_hop_s)}
         return StreamCheckpoint(
             self.stream_id, resume_s=resume[1], settled_s=self._settled_s, processed_s=self.processed_s,
             next_window=self.aligner.next_index, clock=clock_state, audio_grid=audio_grid,
@@ -401,7 +415,8 @@ class StreamSession:
             frames_kept=self.frames_kept,
             emitted_after_settled=[[start_s, event_id] for start_s, event_id in self._written],
             signals_from_s=self.curves.emitted_s if self.curves is not None else None,
-            open_spans=self.detectors.open_spans(),
+            open_spans=self.detectors.open_spans(), understanding=self.understanding.state(),
+            open_event_ids=self.detectors.open_event_ids() + self.understanding.open_event_ids(),
             grid=grid_constants(self.cfg), at=time.time(), resume_segment=resume[0])
 
     # -- end -------------------------------------------------------------------------

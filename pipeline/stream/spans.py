@@ -51,14 +51,15 @@ class Span:
 
     def state(self) -> dict:
         """Its running statistics as JSON values (a checkpoint carries an open span)."""
+        # context as [key, value] pairs: its keys may be class indices, which JSON objects would make strings
         return {"start_s": self.start_s, "end_s": self.end_s, "peak": self.peak if self.steps else None,
-                "total": self.total, "steps": self.steps, "context": dict(self.context)}
+                "total": self.total, "steps": self.steps, "context": [[k, v] for k, v in self.context.items()]}
 
     @classmethod
     def from_state(cls, state: dict) -> "Span":
         peak = state["peak"]
         return cls(float(state["start_s"]), float(state["end_s"]), -math.inf if peak is None else float(peak),
-                   float(state["total"]), int(state["steps"]), dict(state.get("context") or {}))
+                   float(state["total"]), int(state["steps"]), {k: v for k, v in state.get("context") or []})
 
     @property
     def max(self) -> float:
@@ -109,6 +110,15 @@ class HysteresisSpans:
 
     def pending_from_s(self) -> float | None:
         return min((span.start_s for span in self.open.values()), default=None)
+
+    def state(self) -> dict:
+        """The open spans (as [key, Span.state()] pairs: keys stay ints or strings) and the last step's end."""
+        return {"open": [[key, span.state()] for key, span in self.open.items()], "last_end_s": self._last_end_s}
+
+    def adopt(self, state: dict) -> None:
+        """Continue from ``state()``: a resumed run takes over the first run's open spans."""
+        self.open = {key: Span.from_state(span) for key, span in state["open"]}
+        self._last_end_s = state["last_end_s"]
 
     def _close(self, key: Hashable, end_s: float) -> list[tuple[Hashable, Span]]:
         span = self.open.pop(key)

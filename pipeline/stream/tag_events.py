@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from pipeline.core.media import ClassScores
-from pipeline.output.records import Event
+from pipeline.output.records import Event, event_id
 from pipeline.stream.spans import HysteresisSpans, Span
 
 ALTERNATIVES = 3  # other classes named in an event's attributes
@@ -70,6 +70,12 @@ class TagTotals:
                 totals = self._totals.setdefault(i, [0.0, 0.0])
                 totals[0] += step_s
                 totals[1] = max(totals[1], score)
+
+    def state(self) -> list[list]:
+        return [[i, seconds, peak] for i, (seconds, peak) in self._totals.items()]
+
+    def restore(self, state: list[list]) -> None:
+        self._totals = {int(i): [float(seconds), float(peak)] for i, seconds, peak in state}
 
     def top(self, n: int) -> list[dict]:
         ranked = sorted(self._totals.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:n]
@@ -132,6 +138,20 @@ class TagEventDetector:
 
     def pending_from_s(self) -> float | None:
         return self._spans.pending_from_s()
+
+    def state(self) -> dict:
+        """What a checkpoint carries: the open spans, the summary's totals, the last step's end."""
+        return {"spans": self._spans.state(), "last_end_s": self.last_end_s, "totals": self.totals.state()}
+
+    def adopt(self, state: dict) -> None:
+        self._spans.adopt(state["spans"])
+        self.last_end_s = state["last_end_s"]
+        self.totals.restore(state["totals"])
+
+    def open_event_ids(self) -> list[str]:
+        """The ids the open spans' events will have."""
+        return [event_id(self.stream_id, self.vocabulary.names[i], round(span.start_s, 3))
+                for i, span in self._spans.open.items()]
 
     def _most_specific(self, step: dict[int, float]) -> dict[int, float]:
         active = [i for i, v in step.items() if v >= self.rules.enter or (i in self._spans.open and v >= self.rules.exit)]

@@ -45,11 +45,16 @@ class TranscriptRequests:
     def __init__(self, actor, session: TranscriptSink):
         self._actor, self._session = actor, session
         self._tasks: deque[asyncio.Task] = deque()
+        self._starts: deque[float] = deque()  # each task's segment start
         self._gauge = metrics.get().inflight.labels("asr")
 
     @property
     def inflight(self) -> int:
         return sum(not task.done() for task in self._tasks)
+
+    def pending_from_s(self) -> float | None:
+        """The earliest start of a segment whose transcript is not written yet (a checkpoint waits for it)."""
+        return min((start_s for start_s, task in zip(self._starts, self._tasks) if not task.done()), default=None)
 
     async def submit(self, segment: SpeechSegment) -> None:
         """Start transcribing ``segment``; waits only while more than MAX_INFLIGHT are outstanding."""
@@ -57,9 +62,11 @@ class TranscriptRequests:
         self._gauge.inc()
         self._tasks.append(asyncio.create_task(
             self._transcribe(segment, previous, self._session.media_arrived_wall_s)))
+        self._starts.append(segment.start_s)
         while self._tasks and (len(self._tasks) > MAX_INFLIGHT or self._tasks[0].done()):
             await asyncio.wait([self._tasks[0]])
             self._tasks.popleft()
+            self._starts.popleft()
 
     async def _transcribe(self, segment: SpeechSegment, previous: asyncio.Task | None,
                           arrived_wall_s: float | None) -> None:
@@ -82,7 +89,7 @@ class TranscriptRequests:
         """Wait until every submitted segment's transcript is written. Those still out after
         ``timeout_s``, or when this wait is cancelled (Ctrl-C: the stream's end is still written),
         are cancelled, with a warning."""
-        tasks, self._tasks = list(self._tasks), deque()
+        tasks, self._tasks, self._starts = list(self._tasks), deque(), deque()
         if not tasks:
             return
         try:
@@ -100,3 +107,4 @@ class TranscriptRequests:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
+        self._starts.clear()

@@ -134,6 +134,26 @@ class Understanding:
     def on_windows(self, windows: list[AlignedWindow]) -> list[Event]:
         return self.av.on_windows(windows) if self.av is not None else []
 
+    # -- checkpoints: its state is all in running totals and open spans, carried whole --
+
+    def _parts(self) -> dict:
+        return {name: part for name, part in (("sound_tags", self.sounds), ("visual_tags", self.sights),
+                                              ("scene_tags", self.scenes), ("av_concepts", self.av))
+                if part is not None}
+
+    def state(self) -> dict[str, dict]:
+        return {name: part.state() for name, part in self._parts().items()}
+
+    def adopt(self, state: dict[str, dict]) -> None:
+        """A resumed run, at the checkpoint's processed time: the first run's state replaces what
+        its replay of the warm-up built (spans it opened late, totals it counted twice)."""
+        for name, part in self._parts().items():
+            if name in state:
+                part.adopt(state[name])
+
+    def open_event_ids(self) -> list[str]:
+        return [i for part in self._parts().values() for i in part.open_event_ids()]
+
     def finish(self, video_end_s: float | None, audio_end_s: float | None) -> list[Event]:
         events = []
         if self.sounds is not None:

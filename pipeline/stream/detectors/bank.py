@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.core.config import DetectorsConfig, SpeechConfig
 from pipeline.core.errors import AvfuseError
 from pipeline.core.media import SpeechProbs
-from pipeline.output.records import Event
+from pipeline.output.records import Event, event_id
 from pipeline.stream.detectors.audio import AudioSeries, LoudOnsetDetector, SilenceDetector
 from pipeline.stream.detectors.speech import SpeechDetector
 from pipeline.stream.detectors.video import VideoDetectors, VideoSeries, carries_open_span
@@ -119,6 +119,11 @@ class DetectorBank:
     def open_spans(self) -> dict[str, dict]:
         """The open conditions a checkpoint carries, by detector name (= event label): running statistics."""
         return {d.name: span.state() for d in self._carriers() if (span := d.open_span()) is not None}
+
+    def open_event_ids(self) -> list[str]:
+        """The ids the carried conditions' events will have (id: stream, label, start)."""
+        return [event_id(self.stream_id, d.name, span.start_s) for d in self._carriers()
+                if (span := d.open_span()) is not None]
 
     def adopt_open_spans(self, spans: dict[str, dict]) -> None:
         """A resumed run, at the checkpoint's processed time: the first run's open conditions replace
