@@ -56,6 +56,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.app.sample import concatenate_pieces
 from tests.kafka_support import Broker, Reader, Service, free_port, job, produce
 
 STREAM_ID = "soak"
@@ -142,21 +143,7 @@ def write_soak_media(folder: Path, hours: float) -> tuple[Path, float, list[str]
     pieces = {"moving": write_piece(folder / "moving.mp4", moving_frame),
               "still": write_piece(folder / "still.mp4", still_frame)}
     order = piece_order(hours)
-    out_path = folder / f"soak_{hours:g}h.mp4"
-    with av.open(str(out_path), "w") as out:
-        targets = None
-        for n, kind in enumerate(order):
-            with av.open(str(pieces[kind])) as src:
-                if targets is None:
-                    targets = {s.type: out.add_stream_from_template(s) for s in src.streams}
-                for packet in src.demux():
-                    # The AAC priming packet (negative PTS) of every piece but the first would overlap.
-                    if packet.dts is None or packet.pts is None or (packet.pts < 0 and n > 0):
-                        continue
-                    shift = int(round(n * PIECE_S / packet.time_base))
-                    packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
-                    packet.stream = targets[packet.stream.type]
-                    out.mux(packet)
+    out_path = concatenate_pieces(folder / f"soak_{hours:g}h.mp4", [pieces[kind] for kind in order], PIECE_S)
     return out_path, len(order) * PIECE_S, order
 
 

@@ -71,6 +71,8 @@ class Service:
         args = ["run", "-c", str(REPO / "configs" / "kafka.yaml"), "--metrics-port", str(self.metrics_port),
                 "--set", f"kafka.bootstrap_servers={broker.bootstrap}", "--set", f"kafka.group_id={prefix}",
                 "--set", f"kafka.transactional_id={prefix}-tx", "--set", "kafka.commit_interval_s=0.5",
+                # A killed service's partitions go to its successor after 10 s, not Kafka's 45.
+                "--set", "kafka.session_timeout_s=10",
                 "--set", f"kafka.uri_policy.file_roots=[{tmp_path}]",
                 # Delivery is what these tests specify: the light profile, as the replay fixture runs.
                 "--set", "profile=signal"]

@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
 from pipeline.app.sample import DURATION_S as PERIOD_S
-from pipeline.app.sample import audio_signal, video_frame_at
+from pipeline.app.sample import audio_signal, concatenate_pieces, video_frame_at
 from pipeline.kafka.delivery import StreamProgress
 from pipeline.output.records import Event, transcript_id
 from pipeline.stream.checkpoint import CheckpointMismatch, ResumeRule, StreamCheckpoint, grid_constants
@@ -61,6 +61,14 @@ def write_live_clip(path, duration_s: float, width: int = 160, height: int = 120
         out.mux(video.encode(None))
         out.mux(audio.encode(None))
     return path
+
+
+def write_long_live_clip(path, duration_s: float):
+    """write_live_clip's timeline for ``duration_s``: two periods encoded once (24 s: a whole number
+    of 1 s GOPs and of 1024-sample AAC frames at 16 kHz), copied on to the length."""
+    piece_s = 2 * PERIOD_S
+    piece = write_live_clip(path.with_name(f"{path.stem}-piece.mp4"), piece_s)
+    return concatenate_pieces(path, [piece] * int(round(duration_s / piece_s)), piece_s)
 
 
 def keyframe_ts_segments(clip) -> list[bytes]:
@@ -165,10 +173,10 @@ def test_a_resumed_run_writes_nothing_the_run_before_its_checkpoint_wrote():
     assert not rule.replaying
 
 
-# -- against the broker: a 2.5 minute live stream, killed and restarted -------------------------
+# -- against the broker: a 10 minute live stream, killed and restarted ---------------------------
 
-CLIP_S = 120.0
-SPEED_X = 15.0  # media seconds produced per second
+CLIP_S = 600.0  # the issue: a live stream of 10 minutes (a multiple of write_long_live_clip's piece)
+SPEED_X = 40.0  # media seconds produced per second
 
 
 def _committed(broker, group: str, topic: str) -> int:
@@ -214,7 +222,7 @@ def _settle(reader: Reader) -> list[dict]:
 @pytest.mark.parametrize("delivery", ["exactly_once"])
 def test_a_live_stream_commits_as_it_goes_and_resumes_from_its_checkpoint_after_a_kill(
         kafka_broker, replay, tmp_path, delivery):
-    clip = write_live_clip(tmp_path / "camera.mp4", CLIP_S)
+    clip = write_long_live_clip(tmp_path / "camera.mp4", CLIP_S)
     segments = keyframe_ts_segments(clip)
     assert len(segments) >= CLIP_S - 1  # a keyframe a second: a segment a second
     sid = "camera-1"

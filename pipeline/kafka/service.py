@@ -104,6 +104,9 @@ class Service:
             client_id=k.client_id, group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             # Offsets we commit say where work resumes; only committed input counts as done.
             isolation_level="read_committed", max_poll_records=50,
+            # A killed replica's partitions wait out its session; heartbeats a third of it apart.
+            session_timeout_ms=int(k.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(min(3.0, k.session_timeout_s / 3) * 1000),
             # Notice topics matching the subscription that appear later within seconds, not minutes.
             metadata_max_age_ms=10000, **client_security(k))
         topics = [self.topics[name] for name in k.consume]
