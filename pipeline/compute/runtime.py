@@ -151,15 +151,18 @@ class Pipeline:
                          stop: asyncio.Event | None = None, cfg: Config | None = None,
                          room: Callable[[], Awaitable[None]] | None = None,
                          raise_lost_actor: bool = False,
-                         on_checkpoint: Callable[[StreamCheckpoint], None] | None = None) -> StreamResult:
+                         on_checkpoint: Callable[[StreamCheckpoint], None] | None = None,
+                         resume: StreamCheckpoint | None = None) -> StreamResult:
         """Run one stream to its end. ``actor``: a segmented_stream() the caller feeds;
         ``live``: its media arrives in real time (counts lag behind real time); ``stop``: once
         set, the stream ends after the chunk in hand, its windows fused (status interrupted); ``cfg``:
         the stream's own config (a job's live.* settings), else the pipeline's; ``room``: awaited
         after each batch of records (a sink that must not block the loop says when it has room);
         ``raise_lost_actor``: a dead stream actor raises StreamActorLost (the caller retries)
-        instead of ending the stream as failed; ``on_checkpoint``: takes a segmented stream's checkpoints,
-        each once every record before it is written to the sink (without it they are dropped)."""
+        instead of ending the stream as failed; ``on_checkpoint``: takes a segmented stream's checkpoints
+        or a live source's, each once every record before it is written to the sink (without it they are
+        dropped); ``resume``: a live source's checkpoint this run goes on from (a segmented actor was
+        made with its own)."""
         # One semaphore per event loop: a Pipeline outlives the asyncio.run() of one replay.
         slots = self._slots.setdefault(asyncio.get_running_loop(),
                                        asyncio.Semaphore(self.cfg.runtime.max_concurrent_streams))
@@ -167,7 +170,7 @@ class Pipeline:
             pooled = actor is None
             # A pooled actor learns its stream from run(); a segmented one was made for it.
             cfg = cfg or self.cfg
-            stream = ((stream_id, uri, open_options, cfg.decode.realtime if live is None else live, cfg)
+            stream = ((stream_id, uri, open_options, cfg.decode.realtime if live is None else live, cfg, resume)
                       if pooled else ())
             if pooled:
                 actor = self.streams.take()

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
@@ -63,8 +64,13 @@ class StreamActor:
         previous one left open is closed first."""
         self.reset()
         self._cfg = cfg or self._cfg
-        if self._pipe is None and reconnects(self._cfg, uri):
-            self._decoder = LiveSource(stream_id, uri, self._cfg, open_options)
+        live_source = self._pipe is None and reconnects(self._cfg, uri)
+        if resume is not None and resume.live != live_source:
+            resume = None  # a live checkpoint of a source that now is not one, or the reverse: run afresh
+        if live_source:
+            # Run again from a live checkpoint: the clock goes on from there, plus the wall time since.
+            start_at_s = resume.processed_s + max(0.0, time.time() - resume.at) if resume is not None else None
+            self._decoder = LiveSource(stream_id, uri, self._cfg, open_options, start_at_s=start_at_s)
         else:
             grid = resume.audio_grid if resume is not None else None
             self._decoder = MediaDecoder(stream_id, uri, self._cfg, open_options, source=self._pipe,
@@ -72,12 +78,13 @@ class StreamActor:
                                          audio_grid=(grid["origin_s"], grid["step_s"]) if grid else None)
         self._relay = RecordRelay()
         self._runner = StreamRunner(self._cfg, self._operators, self._decoder, self._relay,
-                                    self._decode_thread, live, checkpoints=self._pipe is not None, resume=resume)
+                                    self._decode_thread, live, checkpoints=self._pipe is not None or live_source,
+                                    resume=resume)
 
     async def run(self, stream_id: str | None = None, uri: str = "", open_options: dict[str, str] | None = None,
-                  live: bool = False, cfg: Config | None = None) -> None:
+                  live: bool = False, cfg: Config | None = None, resume: StreamCheckpoint | None = None) -> None:
         if stream_id is not None:
-            self._start(stream_id, uri, open_options, live, cfg)
+            self._start(stream_id, uri, open_options, live, cfg, resume)
         self._task = asyncio.ensure_future(self._run(self._runner, self._relay, self._decoder))
 
     async def _run(self, runner: StreamRunner, relay: RecordRelay, decoder: MediaDecoder) -> None:

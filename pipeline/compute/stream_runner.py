@@ -26,7 +26,7 @@ import ray
 from pipeline.compute.record_relay import RecordRelay, StreamResult
 from pipeline.core.config import Config
 from pipeline.core.errors import StreamOpenError, one_line
-from pipeline.core.media import MediaChunk
+from pipeline.core.media import MediaChunk, SourceChange
 from pipeline.ingest.decode import MediaDecoder
 from pipeline.ingest.live_source import LiveSource
 from pipeline.observe import metrics
@@ -59,9 +59,9 @@ class StreamRunner:
     """Runs one stream: ``run()`` returns its StreamResult and never raises for the stream's own
     failures (they become error records); ``stop()`` ends it after the chunk in hand.
 
-    ``checkpoints``: a stream fed in segments; its session's checkpoints go to the relay in line
-    with its records (the driver stores them once the records before are durable). ``resume``:
-    the checkpoint this run starts from (the decoder was made from it too)."""
+    ``checkpoints``: a stream fed in segments, or a live source; its session's checkpoints go to the
+    relay in line with its records (the driver stores them once the records before are durable).
+    ``resume``: the checkpoint this run starts from (the decoder was made from it too)."""
 
     def __init__(self, cfg: Config, operators: OperatorHandles, decoder: MediaDecoder | LiveSource,
                  relay: RecordRelay, decode_thread: ThreadPoolExecutor, live: bool,
@@ -111,12 +111,22 @@ class StreamRunner:
             return self._failed_to_open(one_line(exc))
         if info is _STOPPED:
             return self._ended_before_open("stopped before the source connected")
+        # A live source checkpoints its counters; a recording behind a playlist runs again from its start.
+        live_checkpoints = self._checkpoints and self.source_is_live and not self.decoder.is_recording
+        resume = self._resume
+        if resume is not None and resume.live and not live_checkpoints:
+            resume = None
         session = StreamSession(self.stream_id, self.uri, self.cfg, info, self.relay,
                                 source_state="streaming" if self.source_is_live else "file",
-                                resume=self._resume, checkpoints=self._checkpoints)
-        if self._resume is not None:
+                                resume=resume, checkpoints=self._checkpoints and not self.source_is_live,
+                                live_checkpoints=live_checkpoints)
+        if resume is not None and resume.live:
+            log.info("stream %s: a live job run again from its checkpoint at %.2f s; media goes on at %.2f s",
+                     self.stream_id, resume.processed_s, self.decoder.start_at_s)
+            session.on_source_changes([restart_gap(resume, self.decoder.start_at_s)])
+        elif resume is not None:
             log.info("stream %s resumes from its checkpoint at %.2f s (settled %.2f s)", self.stream_id,
-                     self._resume.resume_s, self._resume.settled_s)
+                     resume.resume_s, resume.settled_s)
         self.relay.progress(0.0, info.duration_s)  # the stream's clock starts now
         transcripts = (TranscriptRequests(self.ops.asr, session)
                        if self.ops.asr is not None and session.segmenter else None)
@@ -224,9 +234,13 @@ class StreamRunner:
                 fused = await ops.fusion.submit.remote(session.fusion_inputs(windows))
             m.fusion_seconds.observe(time.perf_counter() - started)
             session.on_fused(windows, fused)
-        checkpoint = (session.checkpoint(self.decoder.clock.state(),
-                                         transcripts.pending_from_s() if transcripts is not None else None)
-                      if self._checkpoints else None)
+        if self.source_is_live:
+            checkpoint = session.live_checkpoint()
+        elif self._checkpoints:
+            checkpoint = session.checkpoint(self.decoder.clock.state(),
+                                            transcripts.pending_from_s() if transcripts is not None else None)
+        else:
+            checkpoint = None
         if checkpoint is not None:
             self.relay.write(checkpoint)
 
@@ -241,6 +255,14 @@ class StreamRunner:
 
 
 _STOPPED = object()  # what _decoded returns when the stream was stopped while it waited
+
+
+def restart_gap(checkpoint: StreamCheckpoint, resume_s: float) -> SourceChange:
+    """What a live job run again from its checkpoint says: its media stopped at the checkpoint (as
+    far as this run knows) and goes on at ``resume_s``."""
+    return SourceChange("resumed", "restart", checkpoint.processed_s,
+                        detail="the service restarted; the job runs again from its checkpoint",
+                        resume_s=resume_s, down_s=max(0.0, time.time() - checkpoint.at), wall_s=time.time())
 
 
 async def _finish_transcripts(transcripts: TranscriptRequests, session: StreamSession) -> None:

@@ -458,8 +458,8 @@ class KafkaConfig(Section):
     checkpoint_interval_s: float = Field(30.0, ge=0, description="a media stream (segments) checkpoints every "
                                          "this many media seconds, at a segment that begins with a keyframe: its "
                                          "input before it is committed, a restart resumes there (0: never, it runs "
-                                         "again from its first segment); not with faces or a "
-                                         "trained event_head on")
+                                         "again from its first segment; not with faces or a trained event_head "
+                                         "on); a live URI job checkpoints its counters and clock")
     session_timeout_s: float = Field(45.0, ge=6, le=1800, description="the consumer group's session: a replica "
                                      "that stops heartbeating (killed) holds its partitions this long before "
                                      "another takes them (Kafka's default; the broker allows 6 s to 30 min)")

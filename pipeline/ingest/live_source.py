@@ -77,7 +77,10 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) 
 
 class LiveSource:
     def __init__(self, stream_id: str, uri: str, cfg: Config, open_options: dict[str, str] | None = None,
-                 on_change: Callable[[SourceChange], None] | None = None, rng: random.Random | None = None):
+                 on_change: Callable[[SourceChange], None] | None = None, rng: random.Random | None = None,
+                 start_at_s: float | None = None):
+        """``start_at_s``: the stream clock's time of the first connection's first media (a job run
+        again from its checkpoint goes on where its clock had got to), else the source's own."""
         self.stream_id, self.uri, self.cfg = stream_id, uri, cfg
         self.open_options = dict(open_options or {})
         if urlsplit(uri).scheme.lower() in ("rtsp", "rtsps"):
@@ -87,8 +90,10 @@ class LiveSource:
         self._closing = threading.Event()
         self._decoder: MediaDecoder | None = None
         self.failed_reason: str | None = None
-        self.media_s = 0.0  # end of the media so far, on the stream clock
+        self.start_at_s = start_at_s
+        self.media_s = start_at_s or 0.0  # end of the media so far, on the stream clock
         self._attempt = 0  # connection attempts since the last healthy connection
+        self._connections = 0  # that opened
         self._seq = 0
         self._finished_decoders_errors = 0
         self._finished_decoders_kept = 0
@@ -107,6 +112,11 @@ class LiveSource:
     @property
     def frames_kept(self) -> int:
         return self._finished_decoders_kept + (self._decoder.frames_kept if self._decoder else 0)
+
+    @property
+    def is_recording(self) -> bool:
+        """Once open: an HLS playlist with a duration (it just ends, as a file does); else a live source."""
+        return self._decoder is not None and self._decoder.ends_stream
 
     @property
     def last_packet_monotonic_s(self) -> float:
@@ -128,7 +138,7 @@ class LiveSource:
         StreamOpenError when stopped first or failed."""
         down_since_s = time.monotonic()
         try:
-            for change in self._connect(None, down_since_s, "not connected yet"):
+            for change in self._connect(self.start_at_s, down_since_s, "not connected yet"):
                 self.on_change(change)
         except (SourceClosed, SourceFailed) as exc:
             raise StreamOpenError(self.stream_id, str(exc)) from None
@@ -159,10 +169,11 @@ class LiveSource:
             except StreamOpenError as exc:
                 reason = exc.reason
             else:
-                if resume_at_s is None and is_playlist(self.uri) and self._info.duration_s \
+                if self._connections == 0 and is_playlist(self.uri) and self._info.duration_s \
                         and self.cfg.live.reconnect == "auto":
                     decoder.ends_stream = True  # a playlist with a duration is a recording: it just ends
                 self._decoder = decoder
+                self._connections += 1
                 self._up.set(1)
                 return
             down_s = time.monotonic() - down_since_s

@@ -20,13 +20,15 @@ Progress is read after the producer fenced its previous instance, and again at
 every partition assignment (another replica may have moved it). A finished
 stream's progress is tombstoned once its input offsets are committed.
 
-Checkpoints (both modes, ``pipeline/stream/checkpoint.py``): a media stream's latest
-checkpoint is part of its progress value. Exactly-once: it goes in the next transaction,
+Checkpoints (both modes, ``pipeline/stream/checkpoint.py``): a media stream's (or a live
+job's) latest checkpoint is part of its progress value. Exactly-once: it goes in the next transaction,
 with the stream's input offsets before its resume segment (marked done by the service);
 its ``records_before`` says how many of the stream's records came before it, so a stream
 resumed there counts on from that number and skips up to what its progress had committed.
 At-least-once: the progress value is written and acknowledged before those offsets are done;
-once a finished stream's input is committed its progress is tombstoned.
+once a finished stream's input is committed its progress is tombstoned. A live job's media
+cannot be read again: run again from its checkpoint, it skips nothing and counts on from what
+its progress had committed.
 
 Everything that touches the producer runs on the sink's sender thread: a
 transaction commit waits there for the broker, never on the service's loop. A
@@ -242,8 +244,12 @@ class ExactlyOnce:
         resumed = committed is not None and not committed.finished
         skip = committed.committed_records if resumed else 0
         skip_transcripts = committed.committed_transcripts if resumed else 0
-        counted, counted_transcripts = ((resume.records_before, resume.transcripts_before) if resume is not None
-                                        else (0, 0))
+        if resume is not None and resume.live:  # new media, not a replay: nothing to skip, count on
+            counted, counted_transcripts = skip, skip_transcripts
+        elif resume is not None:
+            counted, counted_transcripts = resume.records_before, resume.transcripts_before
+        else:
+            counted, counted_transcripts = 0, 0
         if skip > counted or skip_transcripts > counted_transcripts:
             log.info("resuming: skipping the %d records and %d transcripts already committed", skip - counted,
                      skip_transcripts - counted_transcripts, extra={"stream_id": stream_id, "stage": "delivery"})
@@ -379,10 +385,19 @@ def read_progress(cfg: KafkaConfig) -> dict[str, StreamProgress]:
                       for p in sorted(consumer.partitions_for_topic(cfg.topics.progress))]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
+        end = consumer.end_offsets(partitions)  # read_committed: the last stable offsets
+
+        def behind(tp) -> bool:
+            # The last stable offset stops short of a transaction committed a moment ago whose
+            # markers are still on their way to the partition (commit_transaction returns before
+            # they land); the high watermark a fetch reports does not. Read to it: a new owner
+            # must see the count its last owner committed at the revocation (else duplicates).
+            high = consumer.highwater(tp)
+            return high is None or consumer.position(tp) < max(end[tp], high)
+
         progress: dict[str, StreamProgress] = {}
         deadline = time.monotonic() + PROGRESS_READ_TIMEOUT_S
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
+        while any(behind(tp) for tp in partitions):
             if time.monotonic() > deadline:  # another producer's transaction is still open
                 log.warning("the progress topic was not read to its end within %.0f s", PROGRESS_READ_TIMEOUT_S,
                             extra={"stage": "delivery"})

@@ -369,6 +369,7 @@ class Service:
         self.policy.check(job.uri)
         stream = ServiceStream(job.stream_id, where, job=json.loads(message.value))
         stream.add_offset(where)
+        stream.resume = self._live_resume_point(job.stream_id, where)
         self.streams[job.stream_id] = stream
         self._run(stream, job)
 
@@ -443,7 +444,8 @@ class Service:
                 cfg = base.model_copy(update={"live": base.live.model_copy(update=job.live)})
             coro = self.pipeline.run_stream(stream_id, job.uri, stream.sink, open_options=egress.for_job(job.options),
                                             stop=stream.stop, cfg=cfg, room=self.kafka_sink.room,
-                                            raise_lost_actor=True)
+                                            raise_lost_actor=True, resume=stream.resume,
+                                            on_checkpoint=lambda checkpoint: self._on_checkpoint(stream, checkpoint))
         self.committer.running(stream_id, stream.inputs())
         stream.task = asyncio.ensure_future(coro)
         stream.task.add_done_callback(self._on_task_done(stream))
@@ -475,10 +477,22 @@ class Service:
                  checkpoint.resume_s, checkpoint.settled_s, extra={"stream_id": stream_id, "stage": "checkpoint"})
         return checkpoint
 
+    def _live_resume_point(self, stream_id: str, where: Where) -> StreamCheckpoint | None:
+        """The live checkpoint a job message runs again from: one taken by a run of this very
+        message (a new job with the stream's id starts afresh)."""
+        checkpoint = self.committer.checkpoint_for(stream_id)
+        if checkpoint is None or not checkpoint.live or checkpoint.input is None:
+            return None
+        if (checkpoint.input["topic"], checkpoint.input["partition"], checkpoint.input["offset"]) != where:
+            return None
+        log.info("running the live job again from its checkpoint (media %.2f s, %.0f s ago)", checkpoint.processed_s,
+                 time.time() - checkpoint.at, extra={"stream_id": stream_id, "stage": "checkpoint"})
+        return checkpoint
+
     def _on_checkpoint(self, stream: ServiceStream, checkpoint: StreamCheckpoint) -> None:
         """The stream's actor checkpointed, every record before it written to the sink: store it, then
-        its messages before the resume segment are done."""
-        where = stream.fed.get(checkpoint.resume_segment)
+        its messages before the resume segment are done (a live job's one message stays pending)."""
+        where = stream.first if checkpoint.live else stream.fed.get(checkpoint.resume_segment)
         if (where is None or stream.sink is None or stream.sink.holding
                 or self.streams.get(stream.stream_id) is not stream):
             return  # a rebalance holds its records (or took it): the next checkpoint will do
@@ -576,7 +590,9 @@ class Service:
                 stream.restart_input()
                 self.redelivery.reread((topic, partition), stream.stream_id, from_offset=offset)
                 self._run(stream)
-            else:
+            else:  # a live job: from its latest checkpoint
+                if stream.checkpoint is not None and stream.checkpoint.live:
+                    stream.resume = stream.checkpoint
                 self._run(stream, parse_job(json.dumps(stream.job).encode()))
 
         retry = asyncio.ensure_future(again())

@@ -189,7 +189,7 @@ class Discontinuity(Record):
 
     record_type: ClassVar[str] = "discontinuity"
     stream_id: str
-    reason: str  # eof | timeout | error | pts_jump
+    reason: str  # eof | timeout | error | pts_jump | restart
     detail: str
     at_s: float
     resume_s: float

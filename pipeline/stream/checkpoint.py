@@ -25,6 +25,13 @@ them over when its media reaches processed_s (replacing what its replay from R b
 event that began hours before R ends with its first start and with statistics over all of it.
 A frozen camera, or music that never stops, does not stop its stream's commits.
 
+A live URI job (RTSP, a live HLS playlist) checkpoints too (``live``): its input is one job
+message that stays uncommitted while it runs, and its media cannot be read again. A restart runs
+the job again from its checkpoint: the stream clock goes on from processed_s plus the wall time
+since the checkpoint (a gap, said with a discontinuity record, reason "restart"), the summary
+counters and window index carry on, no stream_start is written again and nothing is skipped
+(exactly-once counts on from what its progress had committed).
+
 Pure Python: the session takes checkpoints, the stream actor resumes from one, the Kafka service
 stores them (``pipeline/kafka/delivery.py``). Schema: ``pipeline/output/schemas/checkpoint.schema.json``.
 """
@@ -95,6 +102,9 @@ class StreamCheckpoint:
     # the taggers' open spans and totals, the open scene, the open A/V concepts (Understanding.state())
     understanding: dict[str, dict] | None = None
     open_event_ids: list[str] = field(default_factory=list)  # of the events the carried state will end
+    # A live source's (a job's live URI): nothing to re-read, a restart joins the source where it
+    # is then, after a gap; only the counters, the clock's position and the window index carry on.
+    live: bool = False
     grid: dict[str, float] = field(default_factory=dict)  # grid_constants() it was taken under
     input: dict[str, Any] | None = None  # the resume segment's message: {"topic", "partition", "offset"}
     records_before: int = 0

@@ -79,13 +79,16 @@ class _Replaying:
 class StreamSession:
     """``resume``: a checkpoint this run starts from (its media from the checkpoint's resume_s on):
     what the first run wrote is not written again (``checkpoint.ResumeRule``) and the summary
-    carries on. ``checkpoints``: take them (a stream fed in segments, which says where they begin
-    with a keyframe); ``checkpoint()`` after each chunk returns one when due."""
+    carries on; a live one (``resume.live``) replays nothing, only the counters carry on.
+    ``checkpoints``: take them (a stream fed in segments, which says where they begin with a
+    keyframe); ``checkpoint()`` after each chunk returns one when due. ``live_checkpoints``: a live
+    source's (``live_checkpoint()``)."""
 
     def __init__(self, stream_id: str, uri: str, cfg: Config, info: StreamInfo, sink: Sink,
-                 source_state: str = "file", resume: StreamCheckpoint | None = None, checkpoints: bool = False):
+                 source_state: str = "file", resume: StreamCheckpoint | None = None, checkpoints: bool = False,
+                 live_checkpoints: bool = False):
         self.stream_id, self.uri, self.cfg, self.info = stream_id, uri, cfg, info
-        self._rule = ResumeRule(resume) if resume is not None else None
+        self._rule = ResumeRule(resume) if resume is not None and not resume.live else None
         self.sink = sink = _Replaying(sink, self._rule) if self._rule is not None else sink
         # The face counts are one more modality, so that a window is cut once its face frames are in.
         face_modality = ("faces",) if cfg.faces.enabled else ()
@@ -127,6 +130,7 @@ class StreamSession:
         self._late_counted = dict.fromkeys(self.aligner.stats.late_rows, 0)
         self.closed = False
         self._checkpoints = checkpoints and checkpoints_supported(cfg) is None
+        self._live_checkpoints = live_checkpoints and cfg.kafka.checkpoint_interval_s > 0
         self._keyframes: deque[tuple[int, float]] = deque()  # (segment, stream time) decoding can start at
         # (start_s, id) of the events and transcripts written that start at or after the last settled time
         self._written: list[tuple[float, str]] = []
@@ -376,6 +380,19 @@ class StreamSession:
         if len(gaps):
             self._audio_origin_s = float(starts_s[gaps[-1] + 1])
         self._audio_next_s = float(starts_s[-1]) + row_s
+
+    def live_checkpoint(self) -> StreamCheckpoint | None:
+        """A live source's checkpoint, when one is due: nothing to resume from (a restart joins the
+        source after a gap), only what a resumed run carries on: counters, the clock's position."""
+        if not self._live_checkpoints or self.processed_s < self._next_checkpoint_s:
+            return None
+        self._next_checkpoint_s = self.processed_s + self.cfg.kafka.checkpoint_interval_s
+        return StreamCheckpoint(
+            self.stream_id, resume_s=self.processed_s, settled_s=self.processed_s, processed_s=self.processed_s,
+            next_window=self.aligner.next_index, clock={"shared_shift_s": None, "shift_s": {}}, audio_grid=None,
+            summary=self.summary.state(), events=self.events, frames_decoded=self.frames_decoded,
+            frames_kept=self.frames_kept, signals_from_s=self.curves.emitted_s if self.curves is not None else None,
+            grid=grid_constants(self.cfg), at=time.time(), live=True)
 
     def checkpoint(self, clock_state: dict, transcripts_from_s: float | None = None) -> StreamCheckpoint | None:
         """After a chunk is done (its windows fused, its records written): a checkpoint when one is
