@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from pipeline.compute.batching import MicroBatcher
+from pipeline.compute.heap import HeapTrimmer
 from pipeline.core.config import Config
 from pipeline.core.errors import OperatorLoadError, one_line
 from pipeline.observe import metrics
@@ -51,6 +52,7 @@ class StageActor:
         import torch
 
         torch.set_num_threads(torch_threads)
+        self._heap = HeapTrimmer(cfg.runtime.heap_trim_s)
         self.stages: dict[str, Any] = {}
         self.batchers: dict[str, MicroBatcher] = {}
         self.load_errors: dict[str, str] = {}
@@ -96,6 +98,7 @@ class StageActor:
 
     async def submit(self, kind: str, payload: Any, part: str | None = None) -> Any:
         """Run one request: ``payload`` itself, or its attribute ``part`` (e.g. a chunk's ``video``)."""
+        self._heap.maybe_trim()  # every stream's requests come here
         item = getattr(payload, part) if part is not None else payload
         if item is None or len(item) == 0:
             return None

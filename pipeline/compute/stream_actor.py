@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
+from pipeline.compute.heap import HeapTrimmer
 from pipeline.compute.record_relay import RecordBatch, RecordRelay, StreamResult
 from pipeline.compute.stream_runner import OperatorHandles, StreamRunner
 from pipeline.core.config import Config
@@ -55,6 +56,7 @@ class StreamActor:
         self._runner: StreamRunner | None = None
         self._relay = RecordRelay()
         self._task: asyncio.Task | None = None
+        self._heap = HeapTrimmer(cfg.runtime.heap_trim_s)
         if stream_id is not None:
             self._start(stream_id, uri, live=segmented, resume=resume)
 
@@ -100,6 +102,7 @@ class StreamActor:
         relay.finish(result)
 
     async def take_records(self, from_seq: int = 0, seen_version: int = -1) -> RecordBatch:
+        self._heap.maybe_trim()  # the driver calls this all along a stream
         return await self._relay.take(from_seq, seen_version)
 
     def stop(self) -> None:

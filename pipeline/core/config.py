@@ -363,6 +363,8 @@ class RuntimeConfig(Section):
     max_concurrent_streams: int = Field(8, ge=1, description="streams decoded at once; more wait their turn")
     cluster_check_s: float = Field(15.0, gt=0, description="`avfuse run` checks this often that its operator "
                                                            "actors answer; a lost cluster ends it (exit 1)")
+    heap_trim_s: float = Field(60.0, ge=0, description="stream and operator actors give freed heap back to the "
+                                                     "system this often (glibc malloc_trim; 0: never)")
 
 
 class MetricsConfig(Section):
