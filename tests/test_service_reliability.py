@@ -4,6 +4,7 @@ outage with a SIGTERM in it, stream actors killed by the OOM killer."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -301,3 +302,49 @@ def test_exactly_once_holds_when_a_second_replica_takes_partitions_mid_stream(ka
                           and events.count(r["event_id"]) > 1)
         assert not repeated, f"{sid}: a read_committed consumer saw duplicates: {repeated}"
         assert set(events) == {e["event_id"] for e in clean.events(sid)}, sid
+
+
+def test_exactly_once_holds_when_a_frozen_replica_is_dropped_from_the_group_and_thaws(kafka_broker, replay,
+                                                                                       tmp_path):
+    """A replica frozen past its session (a stopped pod, a starved process) is dropped; its
+    partitions go to the other, which runs their streams from the committed progress. Thawed, the
+    first must commit nothing more of them: every transaction carries its offsets, so the broker
+    checks its group generation (KIP-447), and a lost membership aborts its open transaction."""
+    clip = write_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=30.0, width=160, height=120))
+    stream_ids = _keys_on_every_partition(2, "fz")
+    clean = replay(*[clip] * len(stream_ids), stream_ids=stream_ids)
+    prefix = f"z{uuid.uuid4().hex[:8]}"
+    sets = ("kafka.delivery=exactly_once", "decode.realtime=true", "kafka.new_topic_partitions=2")
+    frozen = Service(kafka_broker, prefix, tmp_path, *sets)
+    services = [frozen]
+    reader = Reader(kafka_broker, [frozen.topics["events"], frozen.topics["summaries"], frozen.topics["errors"]])
+    try:
+        frozen.wait_ready()
+        other = Service(kafka_broker, prefix, tmp_path, *sets, f"kafka.transactional_id={prefix}-tx2")
+        services.append(other)
+        other.wait_ready()
+        produce(kafka_broker, frozen.topics["jobs"], [job(sid, str(clip)) for sid in stream_ids])
+        reader.read_until(lambda rs: sum(r["type"] == "event" for r in rs) >= 4, timeout_s=60, what="events")
+        frozen.proc.send_signal(signal.SIGSTOP)
+        time.sleep(16)  # past kafka.session_timeout_s (10 s in the tests): dropped, its streams move
+        frozen.proc.send_signal(signal.SIGCONT)
+        records = reader.read_until(lambda rs: set(stream_ids) <= set(stream_ends(rs)), timeout_s=180,
+                                    what="every stream to end")
+        time.sleep(2)
+        records = reader.read_until(lambda rs: True, timeout_s=3)
+        frozen_log = frozen.log_path.read_text()
+        for service in services:
+            if service.proc.poll() is None:
+                service.terminate()
+    finally:
+        _stop(services, reader)
+    ends = Counter(r["stream_id"] for r in records if r["type"] == "stream_end")
+    assert all(ends[sid] == 1 for sid in stream_ids), ends
+    for sid in stream_ids:
+        events = _events(records, sid)
+        repeated = sorted((r["label"], r["start_s"]) for r in records if r["type"] == "event" and r["stream_id"] == sid
+                          and events.count(r["event_id"]) > 1)
+        assert not repeated, f"{sid}: a read_committed consumer saw duplicates: {repeated}"
+        assert set(events) == {e["event_id"] for e in clean.events(sid)}, sid
+    # The thawed replica learnt it was dropped: a refused commit (exit 1), or the lost partitions.
+    assert "partitions lost" in frozen_log or "exactly-once transaction failed" in frozen_log, frozen_log[-3000:]

@@ -308,9 +308,13 @@ class ExactlyOnce:
             if mine is None or mine.finished or not mine.here:
                 self.progress[stream_id] = progress
 
-    async def commit(self, offsets: dict[tuple[str, int], int], on_consumer=None) -> None:
+    async def commit(self, offsets: dict[tuple[str, int], int], on_consumer=None,
+                     positions: dict[tuple[str, int], int] | None = None) -> None:
         """One transaction: records so far, changed progress, tombstones of finished streams whose
-        input is committed, and the done offsets. Runs on the sender thread; the loop awaits it."""
+        input is committed, and the done offsets (with ``positions``, every partition's, moved or
+        not: the broker then checks this consumer's group generation for every transaction, and
+        one dropped from the group fails instead of committing). Runs on the sender thread; the
+        loop awaits it."""
         self._merge_reread()
         committed_after = {**self._committed, **offsets}
         for stream_id, p in self.progress.items():
@@ -322,8 +326,9 @@ class ExactlyOnce:
         written = self.sink.written
         if not offsets and not changed and written == self._sent_at_last_commit:
             return
-        group = self.consumer.group_metadata() if offsets else None
-        future = self.sink.call_on_sender(lambda: self._commit_on_sender(changed, offsets, group))
+        sent_offsets = {**(positions or {}), **offsets}
+        group = self.consumer.group_metadata() if sent_offsets else None
+        future = self.sink.call_on_sender(lambda: self._commit_on_sender(changed, sent_offsets, group))
         await asyncio.wrap_future(future)
         self._sent_at_last_commit = written
         self._committed = committed_after
@@ -347,6 +352,22 @@ class ExactlyOnce:
             raise DeliveryFailed(None, f"exactly-once transaction failed, restart avfuse: "
                                        f"{type(exc).__name__}: {exc}") from exc
         self.producer.begin_transaction()
+
+    async def abandon(self, stream_ids: list[str]) -> None:
+        """This consumer was dropped from the group: abort the open transaction (the streams'
+        records in it may be their new owner's too) and forget their counts (read again at the
+        next assignment)."""
+        written = self.sink.written
+
+        def abort() -> None:
+            self.producer.abort_transaction()
+            self.producer.begin_transaction()
+
+        await asyncio.wrap_future(self.sink.call_on_sender(abort))
+        self._sent_at_last_commit = written
+        for stream_id in stream_ids:
+            self.progress.pop(stream_id, None)
+            self._reported.pop(stream_id, None)
 
     def close(self, timeout_s: float) -> None:
         """Abort what is open (the drain committed everything that was done) within ``timeout_s``."""

@@ -35,6 +35,13 @@ class OffsetTracker:
                 offsets[key] = offset
         return offsets
 
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Every tracked partition's committable offset, moved or not: exactly-once sends them with
+        every transaction, so that the broker checks the group generation each time (KIP-447) and a
+        consumer dropped from the group cannot commit what its partitions' new owner also writes."""
+        return {key: min(self._pending[key]) if self._pending.get(key) else next_offset
+                for key, next_offset in self._next.items()}
+
     def committed(self, offsets: dict[tuple[str, int], int]) -> None:
         self._committed.update(offsets)
 

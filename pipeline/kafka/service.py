@@ -87,6 +87,7 @@ class Service:
         self._committing: asyncio.Task | None = None
         self._paused = False
         self._assigned: list | None = None  # partitions just assigned, their progress not yet read
+        self._rebalancing = False  # between a revocation and the next assignment
         self._cluster_lost: str | None = None  # why the Ray cluster is gone, once it is
         self._fatal: BaseException | None = None  # a failed transaction: exit 1
         self._m = metrics.get()
@@ -251,14 +252,21 @@ class Service:
     # -- committing ----------------------------------------------------------------------
 
     def _start_commit(self) -> None:
-        """Commit in the background: a commit waits for the broker, the loop must not."""
+        """Commit in the background: a commit waits for the broker, the loop must not. Not while the
+        group rebalances (revoked, not yet assigned): the revocation committed, and a transaction's
+        offsets would be refused until the group settles."""
+        if self._rebalancing:
+            return
         if self._committing is None or self._committing.done():
             self._committing = asyncio.ensure_future(self._commit())
 
     async def _commit(self) -> None:
         offsets = self.offsets.committable()
         try:
-            await self.committer.commit(offsets, self._on_consumer)
+            if self.cfg.kafka.delivery == "exactly_once":
+                await self.committer.commit(offsets, self._on_consumer, positions=self.offsets.positions())
+            else:
+                await self.committer.commit(offsets, self._on_consumer)
         except DeliveryFailed as exc:
             self._fatal = exc
             log.error("%s", exc.reason, extra={"stage": "commit"})
@@ -620,6 +628,7 @@ class Service:
         first (a broker restart does that too), and most come straight back.
         """
         owned = {(tp.topic, tp.partition) for tp in assigned}
+        self._rebalancing = False
         lost = set()
         for stream in list(self.streams.values()):
             if stream.partitions() - owned:
@@ -638,6 +647,7 @@ class Service:
         """Rebalance (the client's I/O thread), exactly-once: before another consumer may take these
         partitions, hold their streams' records and commit what is written, so that the progress a
         new owner reads is exactly what the committed transactions hold."""
+        self._rebalancing = True
         if (self.cfg.kafka.delivery != "exactly_once" or getattr(self, "committer", None) is None
                 or self._stopping.is_set()):
             return  # stopping: the drain commits, and the clients close
@@ -647,6 +657,35 @@ class Service:
             done.result(timeout=REVOKE_COMMIT_TIMEOUT_S)
         except Exception as exc:  # the new owner may repeat what the open transaction held: it aborts
             log.warning("committing at a revocation failed (%s)", one_line(exc), extra={"stage": "commit"})
+
+    def lost(self, lost) -> None:
+        """Rebalance (the client's I/O thread): this consumer was dropped from the group (its
+        session expired: frozen, starved), so its partitions may already be another's, who read
+        their progress. Exactly-once: nothing more of them may be committed: every stream they fed
+        stops without its records, the open transaction aborts, and what comes back at the next
+        assignment runs again from its committed progress."""
+        self._rebalancing = True
+        if (self.cfg.kafka.delivery != "exactly_once" or getattr(self, "committer", None) is None
+                or self._stopping.is_set()):
+            return
+        try:
+            done = asyncio.run_coroutine_threadsafe(self._abandon_lost(
+                {(tp.topic, tp.partition) for tp in lost}), self._loop)
+            done.result(timeout=REVOKE_COMMIT_TIMEOUT_S)
+        except Exception as exc:  # the transaction stays open; the broker aborts it at its timeout
+            log.warning("aborting at a lost membership failed (%s)", one_line(exc), extra={"stage": "commit"})
+
+    async def _abandon_lost(self, lost: set[tuple[str, int]]) -> None:
+        if self._committing is not None and not self._committing.done():
+            await asyncio.wait([self._committing])  # refused by the broker, or committed before the loss
+        # The open transaction holds every stream's records: all of them stop, not only the lost.
+        abandoned = list(self.streams.values())
+        for stream in abandoned:
+            _cancel(stream)
+        for topic, partition in lost:
+            self.offsets.forget(topic, partition)
+        self._forget_partitions(lost)
+        await self.committer.abandon([stream.stream_id for stream in abandoned])
 
     async def _hold_and_commit(self, revoked: set[tuple[str, int]]) -> None:
         for stream in self.streams.values():
@@ -710,6 +749,12 @@ class _Rebalance(ConsumerRebalanceListener):
         if revoked:
             log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
             self.service.revoked(revoked)
+
+    def on_partitions_lost(self, lost) -> None:
+        if lost:
+            log.warning("partitions lost (this consumer was dropped from the group): %s",
+                        sorted(f"{tp.topic}:{tp.partition}" for tp in lost))
+            self.service.lost(lost)
 
     def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
