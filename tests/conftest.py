@@ -114,3 +114,18 @@ def kafka_broker():
     yield broker
     if broker.owned:
         broker.stop(clean=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report ends with the logs of the `avfuse run` processes it started:
+    what the service said is what explains a timeout seen from its topics."""
+    from tests.kafka_support import STARTED
+
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for service in STARTED:
+            report.sections.append((f"avfuse run log ({service.log_path.name})", service.log()))
+    if report.when == "teardown":
+        STARTED.clear()

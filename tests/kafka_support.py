@@ -61,12 +61,17 @@ def topics_for(prefix: str) -> dict[str, str]:
                                                    "transcripts", "progress", "dead")}
 
 
+# The services the running test started: a failing test's report shows their logs (tests/conftest.py).
+STARTED: list["Service"] = []
+
+
 class Service:
     """`avfuse run` as a user starts it, on its own topics and consumer group."""
 
     def __init__(self, broker: Broker, prefix: str, tmp_path: Path, *sets: str, env: dict | None = None):
         self.broker, self.prefix, self.topics = broker, prefix, topics_for(prefix)
         self.log_path = tmp_path / f"service-{uuid.uuid4().hex[:6]}.log"
+        STARTED.append(self)
         self.metrics_port = free_port()
         args = ["run", "-c", str(REPO / "configs" / "kafka.yaml"), "--metrics-port", str(self.metrics_port),
                 "--set", f"kafka.bootstrap_servers={broker.bootstrap}", "--set", f"kafka.group_id={prefix}",

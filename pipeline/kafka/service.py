@@ -14,8 +14,9 @@ done at once. A media stream that never ends checkpoints every ``kafka.checkpoin
 of media (``pipeline/stream/checkpoint.py``): once a checkpoint is durable (with its progress,
 ``delivery.py``), the stream's messages before its resume segment are done; after a restart
 the stream starts again at that segment, from the checkpoint's state, and its messages
-before it that are read again are skipped. Delivery (at-least-once or exactly-once with transactions) is the
-Committer's business (``delivery.py``).
+before it that are read again are skipped (where a stream resumes: ``resume.py``). Delivery
+(at-least-once or exactly-once with transactions) is the Committer's business (``delivery.py``);
+what a rebalance stops, holds and commits is ``rebalance.py``'s.
 
 A stream whose actor died (the OOM killer, a lost node) runs again after a backoff, up to
 ``kafka.max_stream_retries`` times; then its job goes to ``topics.dead`` with the reason,
@@ -38,7 +39,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from pipeline.compute.ray_init import connect_ray, init_metrics, start_node_exporters
@@ -51,7 +51,9 @@ from pipeline.ingest.segments import SequenceCheck, parse_headers
 from pipeline.kafka.delivery import Committer, DeliveryFailed
 from pipeline.kafka.jobs import BadJob, StartJob, StopJob, parse_job
 from pipeline.kafka.offsets import OffsetTracker
+from pipeline.kafka.rebalance import GroupRebalance
 from pipeline.kafka.redelivery import Redelivery, Verdict
+from pipeline.kafka.resume import BEFORE_CHECKPOINT, live_resume_point, media_resume_point
 from pipeline.kafka.segment_feed import SegmentFeed
 from pipeline.kafka.service_streams import ServiceStream, StreamSink, Where
 from pipeline.kafka.sink import STALL_S, client_security
@@ -60,14 +62,10 @@ from pipeline.observe import metrics
 from pipeline.observe.exporter import Exporter, Readiness
 from pipeline.output.records import DeadLetter, Error, StreamEnd
 from pipeline.output.sinks import FanoutSink, LogSink, Sink
-from pipeline.stream.checkpoint import CheckpointMismatch, StreamCheckpoint
+from pipeline.stream.checkpoint import StreamCheckpoint
 from pipeline.stream.speech_segments import transcripts_wanted
 
 log = logging.getLogger("avfuse.service")
-
-# A revocation waits this long for its commit (it blocks the consumer's I/O thread meanwhile).
-REVOKE_COMMIT_TIMEOUT_S = 20.0
-
 
 class Service:
     def __init__(self, cfg: Config):
@@ -86,8 +84,8 @@ class Service:
         self._retries: set[asyncio.Future] = set()  # streams waiting out a backoff before running again
         self._committing: asyncio.Task | None = None
         self._paused = False
-        self._assigned: list | None = None  # partitions just assigned, their progress not yet read
-        self._rebalancing = False  # between a revocation and the next assignment
+        self.rebalance = GroupRebalance(self)  # the group's rebalances (rebalance.py)
+        self.committer: Committer | None = None  # once connected
         self._cluster_lost: str | None = None  # why the Ray cluster is gone, once it is
         self._fatal: BaseException | None = None  # a failed transaction: exit 1
         self._m = metrics.get()
@@ -111,13 +109,13 @@ class Service:
             # Notice topics matching the subscription that appear later within seconds, not minutes.
             metadata_max_age_ms=10000, **client_security(k))
         topics = [self.topics[name] for name in k.consume]
-        consumer.subscribe(topics, listener=_Rebalance(self))
+        consumer.subscribe(topics, listener=self.rebalance)
         return consumer
 
     # -- main loop -------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         heartbeat = asyncio.ensure_future(self._heartbeat())
@@ -141,8 +139,8 @@ class Service:
                 self.readiness.set("kafka", False, f"polling failed: {exc}")
                 await asyncio.sleep(1.0)
                 continue
-            if self._assigned is not None:
-                await self._on_consumer(self._after_assignment)
+            if self.rebalance.assignment_pending():
+                await self._on_consumer(self.rebalance.read_assignment)
             for tp, messages in batches.items():
                 for message in messages:
                     self._m.kafka_messages.labels(message.topic).inc()
@@ -178,6 +176,10 @@ class Service:
             poll.add_done_callback(lambda f: f.cancelled() or f.exception())  # its messages come again later
             return {}
         return poll.result()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     async def _heartbeat(self) -> None:
         """/healthz: the loop answers (a loop frozen by a blocking call would not beat)."""
@@ -255,10 +257,21 @@ class Service:
         """Commit in the background: a commit waits for the broker, the loop must not. Not while the
         group rebalances (revoked, not yet assigned): the revocation committed, and a transaction's
         offsets would be refused until the group settles."""
-        if self._rebalancing:
+        if self.rebalance.rebalancing:
             return
         if self._committing is None or self._committing.done():
             self._committing = asyncio.ensure_future(self._commit())
+
+    async def commit_settled(self) -> None:
+        """Once the commit under way (if any) has ended."""
+        if self._committing is not None and not self._committing.done():
+            await asyncio.wait([self._committing])
+
+    async def commit_now(self) -> None:
+        """A commit of everything written, after the one under way."""
+        await self.commit_settled()
+        self._committing = asyncio.ensure_future(self._commit())
+        await self._committing
 
     async def _commit(self) -> None:
         offsets = self.offsets.committable()
@@ -377,7 +390,7 @@ class Service:
         self.policy.check(job.uri)
         stream = ServiceStream(job.stream_id, where, job=json.loads(message.value))
         stream.add_offset(where)
-        stream.resume = self._live_resume_point(job.stream_id, where)
+        stream.resume = live_resume_point(self.committer.checkpoint_for(job.stream_id), job.stream_id, where)
         self.streams[job.stream_id] = stream
         self._run(stream, job)
 
@@ -409,8 +422,8 @@ class Service:
             if self.committer.finished_before(stream_id, *where):
                 self.offsets.done(*where)  # a stream finished before a restart, its input not committed yet
                 return
-            resume = self._resume_point(stream_id, where)
-            if resume is _BEFORE_CHECKPOINT:
+            resume = media_resume_point(self.committer.checkpoint_for(stream_id), stream_id, where, self.cfg)
+            if resume is BEFORE_CHECKPOINT:
                 self.offsets.done(*where)  # before the stream's checkpoint: done with it
                 return
             stream = ServiceStream(stream_id, where, sequence=SequenceCheck(), resume=resume)
@@ -459,43 +472,6 @@ class Service:
         stream.task.add_done_callback(self._on_task_done(stream))
 
     # -- checkpoints (media streams) -------------------------------------------------------
-
-    def _resume_point(self, stream_id: str, where: Where):
-        """The checkpoint a media stream's first message here resumes from; _BEFORE_CHECKPOINT for a
-        message before it; None to run from this message (no checkpoint, or one that is not its)."""
-        checkpoint = self.committer.checkpoint_for(stream_id)
-        if checkpoint is None or checkpoint.input is None:
-            return None
-        at = checkpoint.input
-        if (at["topic"], at["partition"]) != where[:2]:
-            return None
-        if where[2] < at["offset"]:
-            return _BEFORE_CHECKPOINT
-        if where[2] > at["offset"]:
-            log.warning("a checkpoint at offset %d, but the stream's first message is at %d: run from there",
-                        at["offset"], where[2], extra={"stream_id": stream_id, "stage": "checkpoint"})
-            return None
-        try:
-            checkpoint.check_grid(self.cfg)
-        except CheckpointMismatch as exc:  # its times would not be ours: run from here, as a new stream
-            log.error("%s; running it from offset %d as a new stream", exc, where[2],
-                      extra={"stream_id": stream_id, "stage": "checkpoint"})
-            return None
-        log.info("resuming from the checkpoint at offset %d (media %.2f s, settled %.2f s)", where[2],
-                 checkpoint.resume_s, checkpoint.settled_s, extra={"stream_id": stream_id, "stage": "checkpoint"})
-        return checkpoint
-
-    def _live_resume_point(self, stream_id: str, where: Where) -> StreamCheckpoint | None:
-        """The live checkpoint a job message runs again from: one taken by a run of this very
-        message (a new job with the stream's id starts afresh)."""
-        checkpoint = self.committer.checkpoint_for(stream_id)
-        if checkpoint is None or not checkpoint.live or checkpoint.input is None:
-            return None
-        if (checkpoint.input["topic"], checkpoint.input["partition"], checkpoint.input["offset"]) != where:
-            return None
-        log.info("running the live job again from its checkpoint (media %.2f s, %.0f s ago)", checkpoint.processed_s,
-                 time.time() - checkpoint.at, extra={"stream_id": stream_id, "stage": "checkpoint"})
-        return checkpoint
 
     def _on_checkpoint(self, stream: ServiceStream, checkpoint: StreamCheckpoint) -> None:
         """The stream's actor checkpointed, every record before it written to the sink: store it, then
@@ -621,108 +597,6 @@ class Service:
             self._discarding.add(stream.stream_id)
             self.redelivery.reread((topic, partition), stream.stream_id)
 
-    def reassigned(self, assigned) -> None:
-        """Rebalance (consumer thread): stop streams fed from partitions this consumer no longer owns.
-
-        Decided on assignment, not revocation: an eager rebalance revokes every partition
-        first (a broker restart does that too), and most come straight back.
-        """
-        owned = {(tp.topic, tp.partition) for tp in assigned}
-        self._rebalancing = False
-        lost = set()
-        for stream in list(self.streams.values()):
-            if stream.partitions() - owned:
-                self._loop.call_soon_threadsafe(_cancel, stream)
-                lost.update(stream.partitions())
-            elif stream.sink is not None:
-                self._loop.call_soon_threadsafe(stream.sink.release)
-        for topic, partition in lost - owned:
-            self.offsets.forget(topic, partition)
-        self._loop.call_soon_threadsafe(self._forget_partitions, lost - owned)
-        # The listener runs on the client's I/O thread, which must not block: the progress and
-        # the committed offsets are read after this poll returns, before its messages.
-        self._assigned = list(assigned)
-
-    def revoked(self, revoked) -> None:
-        """Rebalance (the client's I/O thread), exactly-once: before another consumer may take these
-        partitions, hold their streams' records and commit what is written, so that the progress a
-        new owner reads is exactly what the committed transactions hold."""
-        self._rebalancing = True
-        if (self.cfg.kafka.delivery != "exactly_once" or getattr(self, "committer", None) is None
-                or self._stopping.is_set()):
-            return  # stopping: the drain commits, and the clients close
-        try:
-            done = asyncio.run_coroutine_threadsafe(self._hold_and_commit(
-                {(tp.topic, tp.partition) for tp in revoked}), self._loop)
-            done.result(timeout=REVOKE_COMMIT_TIMEOUT_S)
-        except Exception as exc:  # the new owner may repeat what the open transaction held: it aborts
-            log.warning("committing at a revocation failed (%s)", one_line(exc), extra={"stage": "commit"})
-
-    def lost(self, lost) -> None:
-        """Rebalance (the client's I/O thread): this consumer was dropped from the group (its
-        session expired: frozen, starved), so its partitions may already be another's, who read
-        their progress. Exactly-once: nothing more of them may be committed: every stream they fed
-        stops without its records, the open transaction aborts, and what comes back at the next
-        assignment runs again from its committed progress."""
-        self._rebalancing = True
-        if (self.cfg.kafka.delivery != "exactly_once" or getattr(self, "committer", None) is None
-                or self._stopping.is_set()):
-            return
-        try:
-            done = asyncio.run_coroutine_threadsafe(self._abandon_lost(
-                {(tp.topic, tp.partition) for tp in lost}), self._loop)
-            done.result(timeout=REVOKE_COMMIT_TIMEOUT_S)
-        except Exception as exc:  # the transaction stays open; the broker aborts it at its timeout
-            log.warning("aborting at a lost membership failed (%s)", one_line(exc), extra={"stage": "commit"})
-
-    async def _abandon_lost(self, lost: set[tuple[str, int]]) -> None:
-        if self._committing is not None and not self._committing.done():
-            await asyncio.wait([self._committing])  # refused by the broker, or committed before the loss
-        # The open transaction holds every stream's records: all of them stop, not only the lost.
-        abandoned = list(self.streams.values())
-        for stream in abandoned:
-            _cancel(stream)
-        for topic, partition in lost:
-            self.offsets.forget(topic, partition)
-        self._forget_partitions(lost)
-        await self.committer.abandon([stream.stream_id for stream in abandoned])
-
-    async def _hold_and_commit(self, revoked: set[tuple[str, int]]) -> None:
-        for stream in self.streams.values():
-            if stream.sink is not None and stream.partitions() & revoked:
-                stream.sink.hold()
-        if self._committing is not None and not self._committing.done():
-            await asyncio.wait([self._committing])
-        self._committing = asyncio.ensure_future(self._commit())
-        await self._committing
-
-    def _after_assignment(self) -> None:
-        """Consumer thread, after a poll that assigned partitions: what was committed there."""
-        assigned, self._assigned = self._assigned, None
-        committed = {}
-        for tp in assigned:
-            try:
-                offset = self.consumer.committed(tp)
-            except KafkaError:
-                offset = None
-            if offset is not None:
-                committed[(tp.topic, tp.partition)] = offset
-        self.committer.reassigned(committed)
-
-    def _forget_partitions(self, partitions) -> None:
-        for tp in partitions:
-            self.redelivery.forget(tp)
-
-
-_BEFORE_CHECKPOINT = object()  # a media message before its stream's checkpoint: done
-
-
-def _cancel(stream: ServiceStream) -> None:
-    if stream.sink is not None:
-        stream.sink.drop()
-    if stream.task is not None:
-        stream.task.cancel()
-
 
 def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
@@ -738,27 +612,6 @@ class _BadSegment(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-class _Rebalance(ConsumerRebalanceListener):
-
-    def __init__(self, service: Service):
-        self.service = service
-
-    def on_partitions_revoked(self, revoked) -> None:
-        if revoked:
-            log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
-            self.service.revoked(revoked)
-
-    def on_partitions_lost(self, lost) -> None:
-        if lost:
-            log.warning("partitions lost (this consumer was dropped from the group): %s",
-                        sorted(f"{tp.topic}:{tp.partition}" for tp in lost))
-            self.service.lost(lost)
-
-    def on_partitions_assigned(self, assigned) -> None:
-        log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
-        self.service.reassigned(assigned)
 
 
 def run_service(cfg: Config, metrics_port: int | None, debug: bool = False) -> int:
