@@ -55,6 +55,11 @@ class Broker:
         result = self._script("stop", *(["--clean"] if clean else []))
         assert result.returncode == 0, result.stderr[-2000:]
 
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT): connections stay open and nothing is answered, a hung broker."""
+        pid = int((Path(os.environ.get("TMPDIR", "/tmp")) / f"avfuse-kafka-{self.port}" / "kafka.pid").read_text())
+        os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
 
 def topics_for(prefix: str) -> dict[str, str]:
     return {name: f"{prefix}.{name}" for name in ("jobs", "media", "events", "summaries", "errors", "windows",

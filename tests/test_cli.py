@@ -155,7 +155,7 @@ def test_json_logs_carry_the_stream_and_stage(tmp_path):
 def test_run_without_a_reachable_broker_exits_1_with_one_line():
     config = Path(__file__).resolve().parents[1] / "configs" / "kafka.yaml"
     result = run_cli("run", "-c", str(config), "--set", "kafka.bootstrap_servers=127.0.0.1:1",
-                     "--metrics-port", "0", timeout=300)
+                     "--set", "kafka.connect_timeout_s=3", "--metrics-port", "0", timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     own_lines = [line for line in result.stderr.splitlines() if line.startswith("avfuse:")]
     assert len(own_lines) == 1 and own_lines[0].startswith("avfuse: Kafka at 127.0.0.1:1 is not usable: "), own_lines

@@ -47,8 +47,17 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
         kafka_broker.stop()
         time.sleep(10)
         kafka_broker.start()
-        reader.read_until(lambda rs: set(outage_streams) <= set(stream_ends(rs)), timeout_s=240,
-                          what="the streams to end after the outage")
+        reader.read_until(lambda rs: set(outage_streams) <= set(stream_ends(rs)) or service.proc.poll() is not None,
+                          timeout_s=240, what="the streams to end after the outage, or the service to exit")
+        if service.proc.poll() is not None:
+            # A commit the broker left unanswered (the outage also dropped this consumer from its
+            # group) ends the process with one line, as documented; Kubernetes would restart it.
+            assert service.proc.returncode == 1, service.log()
+            assert "exactly-once transaction failed" in service.log(), service.log()
+            service = Service(kafka_broker, prefix, tmp_path, *sets)
+            services.append(service)
+            reader.read_until(lambda rs: set(outage_streams) <= set(stream_ends(rs)), timeout_s=240,
+                              what="the streams to end after the service's restart")
 
         # 2. avfuse is killed mid-stream and started again
         produce(kafka_broker, topics["jobs"], [job(s, str(clip)) for s in crash_streams])
@@ -77,6 +86,34 @@ def test_no_record_is_lost_across_a_broker_outage_and_a_sigkill(kafka_broker, cl
         assert not repeated, f"a read_committed consumer saw duplicates: {repeated}"
         ends = Counter(r["stream_id"] for r in records if r["type"] == "stream_end")
         assert all(ends[s] == 1 for s in [*outage_streams, *crash_streams, "stopped"]), ends
+
+
+def test_exactly_once_exits_1_with_one_line_when_a_hung_broker_leaves_its_commit_unanswered(
+        kafka_broker, tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=30.0, width=160, height=120))
+    prefix = f"h{uuid.uuid4().hex[:8]}"
+    service = Service(kafka_broker, prefix, tmp_path, "decode.realtime=true", "kafka.delivery=exactly_once",
+                      "kafka.transaction_timeout_s=5", "kafka.drain_timeout_s=3")
+    reader = Reader(kafka_broker, [service.topics["events"], service.topics["summaries"]])
+    try:
+        service.wait_ready()
+        produce(kafka_broker, service.topics["jobs"], [job("cam", str(clip))])
+        reader.read_until(lambda rs: any(r["type"] == "event" for r in rs), what="a first committed event")
+        kafka_broker.freeze()  # open connections, no answers: kafka-python would wait for ever
+        frozen_at = time.monotonic()
+        returncode = service.proc.wait(60)
+        waited_s = time.monotonic() - frozen_at
+    finally:
+        kafka_broker.freeze(False)
+        reader.close()
+        if service.proc.poll() is None:
+            service.kill()
+    own_lines = [line for line in service.log().splitlines() if line.startswith("avfuse:")]
+    assert returncode == 1, service.log()
+    assert len(own_lines) == 1 and "exactly-once transaction failed" in own_lines[0], own_lines
+    assert "no answer within 5 s" in own_lines[0], own_lines
+    assert "Traceback" not in service.log()
+    assert waited_s < 5 + 3 + 15, waited_s  # the transaction's bound, the drain's, and the shutdown
 
 
 def test_transcripts_reach_kafka_once_with_their_ids_across_a_sigkill(kafka_broker, replay_pretrained, tmp_path):

@@ -449,6 +449,11 @@ class KafkaConfig(Section):
     max_outstanding_records: int = Field(10000, ge=1, description="unacknowledged records before writes block")
     linger_ms: int = 5
     delivery_timeout_ms: int = Field(300000, description="how long the producer retries one record")
+    connect_timeout_s: float = Field(30.0, gt=0, description="how long a Kafka client tries the bootstrap "
+                                     "servers before `avfuse run` exits 1 saying Kafka is not usable")
+    transaction_timeout_s: float = Field(60.0, ge=1, description="exactly_once: the broker aborts a transaction "
+                                         "open this long, and a commit unanswered this long (the broker away, "
+                                         "the group moved on) exits 1; the restart resumes from the last one")
     segment_buffer_bytes: int = Field(16 << 20, ge=1 << 16, description="media bytes buffered per stream "
                                       "(waiting for a slot or behind its decoder) before its messages are "
                                       "read again later from Kafka")

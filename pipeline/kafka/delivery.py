@@ -32,8 +32,9 @@ its progress had committed.
 
 Everything that touches the producer runs on the sink's sender thread: a
 transaction commit waits there for the broker, never on the service's loop. A
-failed transaction is fatal (the process exits 1); a restart fences the old
-producer and resumes from the last committed transaction.
+failed transaction, or one unanswered for ``kafka.transaction_timeout_s``, is fatal
+(the process exits 1 with one line); a restart fences the old producer and resumes
+from the last committed transaction.
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ def _topic_partition_offsets(offsets: dict[tuple[str, int], int]):
 
     return {TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
             for (topic, partition), offset in offsets.items()}
+
+
+def _close_producer(producer, timeout_s: float) -> None:
+    """Close within ``timeout_s``; records still unacknowledged then were never counted as done."""
+    from kafka.errors import KafkaError
+
+    try:
+        producer.close(timeout=max(0.0, timeout_s))
+    except KafkaError as exc:  # kafka-python raises when its flush times out (the broker away)
+        log.warning("the producer closed with records unacknowledged: %s", exc, extra={"stage": "delivery"})
 
 
 class _CountingSink:
@@ -215,7 +226,7 @@ class AtLeastOnce:
 
     def close(self, timeout_s: float) -> None:
         self.sink.close(timeout_s)
-        self.producer.close(timeout=max(0.0, timeout_s))
+        _close_producer(self.producer, timeout_s)
 
 
 class ExactlyOnce:
@@ -343,15 +354,27 @@ class ExactlyOnce:
         try:
             for stream_id, value in changed.items():
                 self.producer.send(self.cfg.topics.progress, key=stream_id.encode(), value=value)
+            txn = self.producer._transaction_manager
             if offsets:
-                self.producer.send_offsets_to_transaction(_topic_partition_offsets(offsets), group)
-            self.producer.commit_transaction()
+                self._answered(lambda: txn.send_offsets_to_transaction(_topic_partition_offsets(offsets), group),
+                               "sending the offsets to the transaction")
+            self._answered(txn.begin_commit, "committing the transaction")
             if self.sink.fatal is not None:
                 raise self.sink.fatal
         except Exception as exc:
             raise DeliveryFailed(None, f"exactly-once transaction failed, restart avfuse: "
                                        f"{type(exc).__name__}: {exc}") from exc
         self.producer.begin_transaction()
+
+    def _answered(self, start_request, what: str) -> None:
+        """KafkaProducer.send_offsets_to_transaction and commit_transaction with a bound: theirs
+        wait for the broker's answer for ever, and one sent as the broker goes away can stay
+        unanswered after it is back (seen when the outage also dropped this consumer from its
+        group). The same calls on kafka-python's transaction manager, then a bounded wait."""
+        result = start_request()
+        self.producer._sender.wakeup()
+        if not result.wait(timeout_ms=int(self.cfg.transaction_timeout_s * 1000)):
+            raise TimeoutError(f"{what} got no answer within {self.cfg.transaction_timeout_s:g} s")
 
     async def abandon(self, stream_ids: list[str]) -> None:
         """This consumer was dropped from the group: abort the open transaction (the streams'
@@ -379,7 +402,7 @@ class ExactlyOnce:
             log.debug("aborting the open transaction failed", exc_info=True)
         finally:
             self.sink.close(0)
-            self.producer.close(timeout=max(0.0, deadline - time.monotonic()))
+            _close_producer(self.producer, deadline - time.monotonic())
 
 
 def _checkpointed(progress: dict[str, StreamProgress]) -> dict[str, StreamProgress]:

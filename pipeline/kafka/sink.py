@@ -44,6 +44,7 @@ def client_security(cfg: KafkaConfig) -> dict[str, Any]:
     """kafka-python connection settings shared by producers, consumers and admin clients."""
     sec = cfg.security
     settings: dict[str, Any] = {"bootstrap_servers": cfg.bootstrap_servers.split(","),
+                                "bootstrap_timeout_ms": int(cfg.connect_timeout_s * 1000),
                                 "security_protocol": sec.protocol}
     if sec.sasl_mechanism:
         settings.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
@@ -63,7 +64,7 @@ def make_producer(cfg: KafkaConfig, transactional_id: str | None = None):
         delivery_timeout_ms=cfg.delivery_timeout_ms, request_timeout_ms=min(30000, cfg.delivery_timeout_ms),
         # send() may block this long for metadata or buffer space (on the sender thread).
         max_block_ms=cfg.delivery_timeout_ms, transactional_id=transactional_id,
-        **client_security(cfg))
+        transaction_timeout_ms=int(cfg.transaction_timeout_s * 1000), **client_security(cfg))
 
 
 def topic_for(record: Record, cfg: KafkaConfig) -> str:
