@@ -85,7 +85,8 @@ def test_headers_name_the_schema_its_version_and_json_content(record_type):
 def test_plaintext_connection_has_no_sasl_or_ssl_settings():
     settings = client_security(KafkaConfig(bootstrap_servers="k1:9092,k2:9092"))
 
-    assert settings == {"bootstrap_servers": ["k1:9092", "k2:9092"], "security_protocol": "PLAINTEXT"}
+    assert settings == {"bootstrap_servers": ["k1:9092", "k2:9092"], "bootstrap_timeout_ms": 30000,
+                        "security_protocol": "PLAINTEXT"}
 
 
 def test_sasl_settings_pass_through_with_the_password_unwrapped():
