@@ -367,10 +367,10 @@ class ExactlyOnce:
         self.producer.begin_transaction()
 
     def _answered(self, start_request, what: str) -> None:
-        """KafkaProducer.send_offsets_to_transaction and commit_transaction with a bound: theirs
-        wait for the broker's answer for ever, and one sent as the broker goes away can stay
-        unanswered after it is back (seen when the outage also dropped this consumer from its
-        group). The same calls on kafka-python's transaction manager, then a bounded wait."""
+        """KafkaProducer's send_offsets_to_transaction, commit_transaction and abort_transaction,
+        bounded: theirs wait for the broker's answer for ever, and one sent as the broker goes away
+        can stay unanswered after it is back (seen when the outage also dropped this consumer from
+        its group). The same calls on kafka-python's transaction manager, then a bounded wait."""
         result = start_request()
         self.producer._sender.wakeup()
         if not result.wait(timeout_ms=int(self.cfg.transaction_timeout_s * 1000)):
@@ -383,7 +383,7 @@ class ExactlyOnce:
         written = self.sink.written
 
         def abort() -> None:
-            self.producer.abort_transaction()
+            self._answered(self.producer._transaction_manager.begin_abort, "aborting the transaction")
             self.producer.begin_transaction()
 
         await asyncio.wrap_future(self.sink.call_on_sender(abort))
@@ -395,7 +395,8 @@ class ExactlyOnce:
     def close(self, timeout_s: float) -> None:
         """Abort what is open (the drain committed everything that was done) within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        abort = self.sink.call_on_sender(self.producer.abort_transaction)
+        abort = self.sink.call_on_sender(
+            lambda: self._answered(self.producer._transaction_manager.begin_abort, "aborting the transaction"))
         try:
             abort.result(timeout=max(0.0, timeout_s))
         except Exception:  # the broker is away: the transaction times out there on its own
