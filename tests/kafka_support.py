@@ -219,6 +219,11 @@ def segment_messages(stream_id: str, segments: list[bytes], skip_seq: int | None
 
 def latest_values(broker, topic: str) -> dict[str, bytes | None]:
     """Each key's last value on a (compacted) topic, read committed, to its end."""
+    return {key: value for key, value in committed_history(broker, topic)}
+
+
+def committed_history(broker, topic: str) -> list[tuple[str, bytes | None]]:
+    """Every (key, value) a read_committed consumer sees on the topic, in each partition's order."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False,
@@ -228,12 +233,11 @@ def latest_values(broker, topic: str) -> dict[str, bytes | None]:
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
-        latest: dict[str, bytes | None] = {}
+        history: list[tuple[str, bytes | None]] = []
         deadline = time.monotonic() + 30
         while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
             for messages in consumer.poll(timeout_ms=500).values():
-                for message in messages:
-                    latest[message.key.decode()] = message.value
-        return latest
+                history += [(message.key.decode(), message.value) for message in messages]
+        return history
     finally:
         consumer.close()

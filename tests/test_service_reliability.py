@@ -4,6 +4,7 @@ outage with a SIGTERM in it, stream actors killed by the OOM killer."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ from pipeline.app.sample import ClipSpec, write_clip
 from tests.kafka_support import (
     Reader,
     Service,
+    committed_history,
     job,
     latest_values,
     produce,
@@ -302,6 +304,16 @@ def test_exactly_once_holds_when_a_second_replica_takes_partitions_mid_stream(ka
                           and events.count(r["event_id"]) > 1)
         assert not repeated, f"{sid}: a read_committed consumer saw duplicates: {repeated}"
         assert set(events) == {e["event_id"] for e in clean.events(sid)}, sid
+    # A replica commits only the progress it changed: the joining one once wrote back what it had
+    # read at start-up, under the running one's newer count, and then resumed from its own write.
+    values: dict[str, list[bytes]] = {}
+    for key, value in committed_history(kafka_broker, f"{prefix}.progress"):
+        if value is not None and key in stream_ids:
+            values.setdefault(key, []).append(value)
+    counts = {key: [json.loads(v)["records"] for v in vs] for key, vs in values.items()}
+    assert counts and all(c == sorted(c) for c in counts.values()), counts
+    rewritten = {key: sum(a == b for a, b in zip(vs, vs[1:])) for key, vs in values.items()}
+    assert not any(rewritten.values()), f"progress written again unchanged: {rewritten}"
 
 
 def test_exactly_once_holds_when_a_frozen_replica_is_dropped_from_the_group_and_thaws(kafka_broker, replay,

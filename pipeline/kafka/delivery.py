@@ -240,7 +240,10 @@ class ExactlyOnce:
         self.progress: dict[str, StreamProgress] = read_progress(cfg)
         self.producer.begin_transaction()
         self.sink = KafkaSink(self.producer, cfg, resend_failed=False, block_writes=False)
-        self._reported: dict[str, bytes] = {}  # the progress value last committed, per stream
+        # The progress value last committed, per stream: what was read counts as committed, so a
+        # transaction writes only what this process changed. (Writing back what it read at start
+        # overwrote a running replica's newer count: its successor then wrote records again.)
+        self._reported: dict[str, bytes | None] = {sid: p.to_json() for sid, p in self.progress.items()}
         self._committed: dict[tuple[str, int], int] = {}  # input offsets committed, as far as we know
         self._reread: dict[str, StreamProgress] | None = None  # progress read at an assignment, to merge
         self._committed_seen: dict[tuple[str, int], int] = {}  # the group's offsets at that assignment
@@ -318,6 +321,7 @@ class ExactlyOnce:
             # an earlier assignment) is older than what was just read.
             if mine is None or mine.finished or not mine.here:
                 self.progress[stream_id] = progress
+                self._reported[stream_id] = progress.to_json()
 
     async def commit(self, offsets: dict[tuple[str, int], int], on_consumer=None,
                      positions: dict[tuple[str, int], int] | None = None) -> None:
