@@ -6,6 +6,7 @@
 #   scripts/kafka.sh stop   [--port N] [--data-dir D] [--clean]
 #   scripts/kafka.sh status [--port N] [--data-dir D]
 #   scripts/kafka.sh bootstrap [--port N]
+#   scripts/kafka.sh pid [--port N] [--data-dir D]   (the running broker's pid, for signals)
 #
 # `start` prints the bootstrap address (127.0.0.1:PORT) as its last stdout line,
 # once the broker answers Admin API requests. `stop` keeps the data dir (topics
@@ -450,6 +451,7 @@ case "$CMD" in
   stop) cmd_stop ;;
   status) cmd_status ;;
   bootstrap) echo "$ADDR" ;;
+  pid) broker_pid || { echo "Kafka on $ADDR is not running" >&2; exit 1; } ;;
   -h|--help|help) usage 0 ;;
   *) die "unknown command: $CMD (start|stop|status|bootstrap)" ;;
 esac

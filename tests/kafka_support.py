@@ -57,8 +57,9 @@ class Broker:
 
     def freeze(self, frozen: bool = True) -> None:
         """SIGSTOP (or SIGCONT): connections stay open and nothing is answered, a hung broker."""
-        pid = int((Path(os.environ.get("TMPDIR", "/tmp")) / f"avfuse-kafka-{self.port}" / "kafka.pid").read_text())
-        os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+        result = self._script("pid")
+        assert result.returncode == 0, result.stderr[-2000:]
+        os.kill(int(result.stdout.strip()), signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
 def topics_for(prefix: str) -> dict[str, str]:
@@ -219,7 +220,7 @@ def segment_messages(stream_id: str, segments: list[bytes], skip_seq: int | None
 
 def latest_values(broker, topic: str) -> dict[str, bytes | None]:
     """Each key's last value on a (compacted) topic, read committed, to its end."""
-    return {key: value for key, value in committed_history(broker, topic)}
+    return dict(committed_history(broker, topic))
 
 
 def committed_history(broker, topic: str) -> list[tuple[str, bytes | None]]:

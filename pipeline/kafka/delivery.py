@@ -380,6 +380,10 @@ class ExactlyOnce:
         if not result.wait(timeout_ms=int(self.cfg.transaction_timeout_s * 1000)):
             raise TimeoutError(f"{what} got no answer within {self.cfg.transaction_timeout_s:g} s")
 
+    def _abort(self) -> None:
+        """Sender thread: abort the open transaction, within the same bound."""
+        self._answered(self.producer._transaction_manager.begin_abort, "aborting the transaction")
+
     async def abandon(self, stream_ids: list[str]) -> None:
         """This consumer was dropped from the group: abort the open transaction (the streams'
         records in it may be their new owner's too) and forget their counts (read again at the
@@ -387,7 +391,7 @@ class ExactlyOnce:
         written = self.sink.written
 
         def abort() -> None:
-            self._answered(self.producer._transaction_manager.begin_abort, "aborting the transaction")
+            self._abort()
             self.producer.begin_transaction()
 
         await asyncio.wrap_future(self.sink.call_on_sender(abort))
@@ -399,8 +403,7 @@ class ExactlyOnce:
     def close(self, timeout_s: float) -> None:
         """Abort what is open (the drain committed everything that was done) within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        abort = self.sink.call_on_sender(
-            lambda: self._answered(self.producer._transaction_manager.begin_abort, "aborting the transaction"))
+        abort = self.sink.call_on_sender(self._abort)
         try:
             abort.result(timeout=max(0.0, timeout_s))
         except Exception:  # the broker is away: the transaction times out there on its own
